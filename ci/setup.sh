@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Creates ./.venv (Python 3.11) with the CPU build of torch 2.13.0 and kbit installed editable.
+# Safe to re-run: an existing environment is reused and only missing pieces are installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-}
+if [ -z "$PYTHON" ]; then
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1; then PYTHON=$candidate; break; fi
+  done
+fi
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=".venv/bin/python -m pip --disable-pip-version-check"
+
+# torch is pinned first and explicitly, so no later requirement can pull a CUDA build.
+if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
+  $PIP install -q "torch==2.13.0"
+fi
+$PIP install -q -e ".[test]"
+.venv/bin/python -m kbit >/dev/null
