@@ -29,22 +29,29 @@ def assert_int8_codes(codes: torch.Tensor, exact: torch.Tensor, what: str = "cod
     )
 
 
-def assert_float_near_oracle(out: torch.Tensor, oracle: torch.Tensor, magnitude: torch.Tensor, what: str = "output") -> None:
-    """``out`` (any float dtype) vs a float64 ``oracle``: a few float32 roundings of ``magnitude`` (the summed
-    |terms|) plus one rounding to ``out.dtype`` (subnormal spacing included)."""
+def assert_float_near_oracle(
+    out: torch.Tensor,
+    oracle: torch.Tensor,
+    magnitude: torch.Tensor,
+    what: str = "output",
+    compute_dtype: torch.dtype = torch.float32,
+    ulps: float = T.INT8_ORACLE_F32_ULPS,
+) -> None:
+    """``out`` (any float dtype) vs a float64 ``oracle``: ``ulps`` roundings in ``compute_dtype`` of
+    ``magnitude`` (the summed |terms|) plus one rounding to ``out.dtype`` (subnormal spacing included)."""
     dtype = out.dtype
     oracle = oracle.to("cpu", torch.float64)
     got = out.to("cpu", torch.float64)
     info = torch.finfo(dtype)
     bound = (
-        T.INT8_ORACLE_F32_ULPS * T.EPS[torch.float32] * magnitude.to("cpu", torch.float64)
+        ulps * T.EPS[compute_dtype] * magnitude.to("cpu", torch.float64)
         + T.EPS[dtype] * oracle.abs()
         + info.smallest_normal * T.EPS[dtype]
     )
     err = (got - oracle).abs()
     bad = ~(err <= bound)
     assert not bool(bad.any()), (
-        f"{what}: {int(bad.sum())} of {err.numel()} elements outside the float32 bound, "
+        f"{what}: {int(bad.sum())} of {err.numel()} elements outside the rounding bound, "
         f"worst error {err.max().item():.3g}"
     )
 

@@ -62,6 +62,9 @@ INT8_MIXED_ULPS = 4
 #: int8_scaled_mm of row-quantized f16 randn activations and weights vs the float product, both divided
 #: by the output's standard deviation (SPEC §9: f16 pipeline atol .025 rtol .05).
 INT8_PIPELINE_TOL = (0.025, 0.05)
+#: ... of which this fraction may fall outside (the quantization error is random: measured 0.1% mean,
+#: 0.24% worst over 20 seeds of 64x512 @ 512x64).
+INT8_PIPELINE_MISMATCH_FRACTION = 0.005
 #: Linear8bitLt(threshold=6.0) int8 path vs the float path (SPEC §9): fewer than this fraction of
 #: outputs off by more than INT8_LINEAR_VS_FP_ATOL, and none off by more than INT8_LINEAR_VS_FP_MAX.
 INT8_LINEAR_VS_FP_FRACTION = 0.00025
@@ -82,9 +85,16 @@ OPTIM_TRUST_NORM_RTOL = 1e-3
 #: optimizer_update_8bit_blockwise vs the float64 oracle, one step from the same codes: parameters use the
 #: 32-bit table (only float32-vs-float64 arithmetic differs within a step).
 OPTIM_8BIT_ORACLE_TOL = OPTIM_32BIT_TOL
-#: A state within float32 rounding of a code boundary may take the neighbouring code: at most this
-#: fraction of elements (plus OPTIM_8BIT_CODE_MISMATCH_MIN) may differ, each by one code.
-OPTIM_8BIT_CODE_MISMATCH_FRACTION = 1e-3
-OPTIM_8BIT_CODE_MISMATCH_MIN = 2
+#: Where a backend's code differs from the float64 oracle's, the two codes must be neighbours and the
+#: oracle's scaled value |s / absmax| <= 1 must lie this close to their decision boundary (float32
+#: rounding of the state update and of the division; SPEC §3: tests must not rely on ties).
+OPTIM_8BIT_BOUNDARY_ATOL = 2e-6
 #: New per-block absmax (max|state| in float32) vs the float64 oracle.
 OPTIM_8BIT_ABSMAX_TOL = {torch.float32: (0.0, 1e-5)}
+#: 8-bit step vs torch.optim from the same float32 point, by parameter dtype: (mean |p - p_torch|,
+#: mean |p - p_torch| / (|p_torch| + OPTIM_8BIT_REL_FLOOR)) (SPEC §9, upstream bounds; f16 uses f32's).
+OPTIM_8BIT_VS_TORCH = {torch.float32: (6e-5, 6e-4), torch.float16: (6e-5, 6e-4), torch.bfloat16: (1.7e-4, 1.6e-3)}
+OPTIM_8BIT_REL_FLOOR = 1e-9
+#: Dequantized 8-bit states vs torch.optim's float32 states: (atol, rtol) and how many elements may be off.
+OPTIM_8BIT_STATE_VS_TORCH = (3e-3, 1e-3)
+OPTIM_8BIT_STATE_MAX_OFF = 20
