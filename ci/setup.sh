@@ -18,4 +18,9 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
   $PIP install -q "torch==2.13.0"
 fi
 $PIP install -q -e ".[test]"
+
+# Backend wheels (each installs where its platform supports it; a backend that cannot work here
+# reports itself unavailable at run time instead of failing the install).
+# --- backends: one line each ---
+# --- end backends ---
 .venv/bin/python -m kbit >/dev/null

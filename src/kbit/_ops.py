@@ -221,7 +221,8 @@ def _fake_int8_scaled_mm(A, B, row_stats, col_stats, bias=None, dtype=None):
 
 def _fake_int8_vectorwise_quant(A, threshold=0.0):
     _check_float("int8_vectorwise_quant", "A", A.dtype)
-    rows = A.numel() // A.shape[-1] if A.dim() and A.shape[-1] else 0
+    K = A.shape[-1] if A.dim() else 1
+    rows = A.numel() // K if K else 0
     out = torch.empty_like(A, dtype=torch.int8)
     stats = A.new_empty((rows,), dtype=torch.float32)
     if threshold == 0.0:

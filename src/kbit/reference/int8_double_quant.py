@@ -8,6 +8,12 @@ from .int8_vectorwise_quant import int8_vectorwise_quant, outlier_mask, scale_to
 
 
 def int8_double_quant(A: torch.Tensor, threshold: float = 0.0):
+    """float ``A [..., K]`` -> (row codes, column codes (both int8 ``A.shape``), f32 row stats ``[rows]``,
+    f32 column stats ``[K]``, outlier columns or None).
+
+    The row half is :func:`int8_vectorwise_quant`. Column stats are the column max|A| with outliers
+    masked to 0; column codes are ``round(A * 127 / col_stats)`` with outliers 0 (SPEC §5).
+    """
     CA, row_stats, cols = int8_vectorwise_quant(A, threshold)
     K = A.shape[-1] if A.dim() else 1
     rows = A.numel() // K if K else 0

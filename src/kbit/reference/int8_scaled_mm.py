@@ -7,4 +7,5 @@ from .int8_mm_dequant import int8_mm_dequant
 
 
 def int8_scaled_mm(A, B, row_stats, col_stats, bias=None, dtype=None):
+    """int8 ``A [..., K]``, ``B [N, K]`` -> ``(*A.shape[:-1], N)`` in ``dtype`` (default float16)."""
     return int8_mm_dequant(int8_linear_matmul(A, B), row_stats, col_stats, dtype, bias)

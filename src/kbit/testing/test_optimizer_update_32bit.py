@@ -7,7 +7,6 @@ float32-vs-float64 arithmetic differs. Non-reference providers are also run agai
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -15,42 +14,21 @@ import torch
 
 from kbit import backends
 from kbit.testing import tolerances as T
+from kbit.testing.optimizer_cases import (
+    CASES,
+    DTYPES,
+    G_SCALE,
+    SHAPES,
+    TORCH_STATE_KEYS,
+    TWO_STATE,
+    Case,
+    make_inputs,
+    torch_optimizer,
+)
 
 OP = "optimizer_update_32bit"
-SHAPES = [(1,), (7,), (256,), (4097,), (17, 33)]
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 STEPS = 10
 TORCH_STEPS = 20
-P_SCALE = 0.1
-G_SCALE = 0.01
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    name: str
-    lr: float
-    beta1: float = 0.0
-    beta2: float = 0.0
-    beta3: float = 0.0
-    alpha: float = 0.0
-    eps: float = 0.0
-    weight_decay: float = 0.0
-    gnorm_scale: float = 1.0
-    max_unorm: float = 0.0
-
-
-CASES = {
-    "adam": Case("adam", 1e-3, 0.9, 0.999, eps=1e-8),
-    "adamw": Case("adam", 1e-3, 0.9, 0.999, eps=1e-8, weight_decay=1e-2, gnorm_scale=0.8),
-    "lamb": Case("lamb", 1e-3, 0.9, 0.999, eps=1e-8, weight_decay=1e-2, max_unorm=1.0),
-    "ademamix": Case("ademamix", 1e-3, 0.9, 0.999, 0.9999, alpha=5.0, eps=1e-8, weight_decay=1e-2),
-    "momentum": Case("momentum", 1e-2, 0.9, weight_decay=1e-2),
-    "lars": Case("lars", 1e-2, 0.9, weight_decay=1e-2, max_unorm=0.02),
-    "rmsprop": Case("rmsprop", 1e-3, 0.99, eps=1e-8, weight_decay=1e-2, gnorm_scale=1.5),
-    "adagrad": Case("adagrad", 1e-2, eps=1e-10, weight_decay=1e-2),
-    "lion": Case("lion", 1e-4, 0.9, 0.99, weight_decay=1e-2),
-}
-TWO_STATE = ("adam", "lamb", "ademamix")
 
 
 # --- float64 oracle (SPEC §7) --------------------------------------------------------------------
@@ -96,13 +74,6 @@ def oracle_step(c: Case, g, p, s1, s2, t: int, p_dtype: torch.dtype):
 
 # --- helpers ---------------------------------------------------------------------------------------
 
-def make_inputs(c: Case, shape, dtype, steps: int, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    p = (torch.randn(shape, generator=gen) * P_SCALE).to(dtype)
-    grads = [(torch.randn(shape, generator=gen) * G_SCALE).to(dtype) for _ in range(steps)]
-    return p, grads
-
-
 def new_states(c: Case, p: torch.Tensor, device):
     shape1 = (2, *p.shape) if c.name == "ademamix" else p.shape
     s1 = torch.zeros(shape1, dtype=torch.float32, device=device)
@@ -147,7 +118,7 @@ def _max_mismatch(c: Case) -> int:
 def test_matches_float64_oracle(provider, case, shape, dtype):
     c = CASES[case]
     device = provider.device
-    p0, grads = make_inputs(c, shape, dtype, STEPS)
+    p0, grads = make_inputs(shape, dtype, STEPS)
     p = p0.to(device, copy=True)
     s1, s2, unorm = new_states(c, p, device)
     ref = None if provider.is_reference else [p.clone(), s1.clone(), *(None if x is None else x.clone() for x in (s2, unorm))]
@@ -170,29 +141,6 @@ def test_matches_float64_oracle(provider, case, shape, dtype):
         assert_close(s1, ref[1].cpu().double(), T.OPTIM_32BIT_STATE_TOL, dtype, "state1 vs reference", scaled_atol=True)
 
 
-def _torch_optimizer(case: str, param: torch.nn.Parameter) -> torch.optim.Optimizer:
-    c = CASES[case]
-    if case == "adam":
-        return torch.optim.Adam([param], lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, foreach=False)
-    if case == "adamw":
-        return torch.optim.AdamW([param], lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay, foreach=False)
-    if case == "momentum":
-        return torch.optim.SGD([param], lr=c.lr, momentum=c.beta1, weight_decay=c.weight_decay, foreach=False)
-    if case == "rmsprop":
-        return torch.optim.RMSprop([param], lr=c.lr, alpha=c.beta1, eps=c.eps, weight_decay=c.weight_decay, foreach=False)
-    return torch.optim.Adagrad([param], lr=c.lr, eps=c.eps, weight_decay=c.weight_decay, foreach=False)
-
-
-#: torch.optim state keys holding what state1 / state2 hold.
-TORCH_STATE_KEYS = {
-    "adam": ("exp_avg", "exp_avg_sq"),
-    "adamw": ("exp_avg", "exp_avg_sq"),
-    "momentum": ("momentum_buffer", None),
-    "rmsprop": ("square_avg", None),
-    "adagrad": ("sum", None),
-}
-
-
 @pytest.mark.parametrize("shape", [(7,), (4097,), (17, 33)], ids=str)
 @pytest.mark.parametrize("case", list(TORCH_STATE_KEYS), ids=str)
 def test_matches_torch_optim(provider, case, shape):
@@ -200,11 +148,11 @@ def test_matches_torch_optim(provider, case, shape):
     c = CASES[case]
     dtype = torch.float32
     device = provider.device
-    p0, grads = make_inputs(c, shape, dtype, TORCH_STEPS, seed=1)
+    p0, grads = make_inputs(shape, dtype, TORCH_STEPS, seed=1)
     p = p0.to(device, copy=True)
     s1, s2, unorm = new_states(c, p, device)
     param = torch.nn.Parameter(p0.clone().to(device))
-    opt = _torch_optimizer(case, param)
+    opt = torch_optimizer(case, param)
     for t, g in enumerate(grads, start=1):
         kernel_step(provider, c, g.to(device), p, s1, s2, unorm, t)
         param.grad = g.to(device) * c.gnorm_scale
@@ -227,7 +175,7 @@ def _warm_states(provider, c: Case, p, s1, s2, unorm):
 def test_skip_zeros_leaves_zero_grad_elements(provider, case):
     c = CASES[case]
     device = provider.device
-    p0, (g,) = make_inputs(c, (4097,), torch.float32, 1, seed=3)
+    p0, (g,) = make_inputs((4097,), torch.float32, 1, seed=3)
     p = p0.to(device, copy=True)
     s1, s2, unorm = new_states(c, p, device)
     _warm_states(provider, c, p, s1, s2, unorm)
@@ -251,7 +199,7 @@ def test_trust_scale_clips_update_norm(provider, case):
     """With max_unorm > 0, ‖p_new - p‖ ≈ lr * max_unorm * ‖p‖ when the update norm exceeds the bound."""
     c = CASES[case]
     device = provider.device
-    p0, (g,) = make_inputs(c, (4097,), torch.float32, 1, seed=4)
+    p0, (g,) = make_inputs((4097,), torch.float32, 1, seed=4)
     p = p0.to(device, copy=True)
     s1, s2, unorm = new_states(c, p, device)
     kernel_step(provider, c, g.to(device), p, s1, s2, unorm, 1)
@@ -265,7 +213,7 @@ def test_opcheck(provider):
     if backends.provider(OP, provider.device) != provider.backend:
         pytest.skip(f"the dispatcher serves {OP} on {provider.device} with another backend")
     c = CASES["lamb"]
-    p0, (g,) = make_inputs(c, (300,), torch.float32, 1)
+    p0, (g,) = make_inputs((300,), torch.float32, 1)
     p = p0.to(provider.device, copy=True)
     s1, s2, unorm = new_states(c, p, provider.device)
     args = (c.name, g.to(provider.device), p, s1, s2, unorm, c.max_unorm, float(p.norm()), c.beta1, c.beta2,
