@@ -14,9 +14,22 @@ from .formats import OPS_VERSION  # noqa: E402
 backends.load()
 
 from . import functional  # noqa: E402
+from . import nn  # noqa: E402
 from .autograd import matmul_4bit  # noqa: E402
+from .autograd.matmul_8bit import MatmulLtState, matmul  # noqa: E402
 
 features = {"multi_backend"}
 supported_torch_devices = {"cpu", "cuda", "xpu", "hpu", "npu", "mps"}
 
-__all__ = ["functional", "matmul_4bit", "backends", "OPS_VERSION", "features", "supported_torch_devices", "__version__"]
+__all__ = [
+    "MatmulLtState",
+    "OPS_VERSION",
+    "__version__",
+    "backends",
+    "features",
+    "functional",
+    "matmul",
+    "matmul_4bit",
+    "nn",
+    "supported_torch_devices",
+]
