@@ -47,18 +47,16 @@ def test_outlier_tracer_and_outlier_aware_linear():
 
     with pytest.raises(TypeError):
         OutlierAwareLinear(4, 4)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 8), Keep(8, 2))
-    tracer = kbit.utils.OutlierTracer.get_instance()
-    tracer.initialize(model)
-    x = torch.randn(64, 8)
-    x[:, 3] += 50
+    model = torch.nn.Sequential(torch.nn.Linear(8, 64), Keep(64, 2))
     with torch.no_grad():
-        model[1].outlier_dim = None
+        model[0].bias[5] = 100.0  # input dim 5 of the second layer carries an outlier feature
+        tracer = kbit.utils.OutlierTracer.get_instance()
+        tracer.initialize(model)
+        x = torch.randn(32, 8)
+        y = model(x)
         h = model[0](x)
-        h[:, 5] += 80
-        tracer._record(model[1], (h,))
-        y = model[1](h)
-    assert model[1].outlier_dim.tolist() == [5] and torch.allclose(y[:, 0], h[:, 5])
+    assert model[1].outlier_dim.tolist() == [5]
+    assert torch.allclose(y[:, 0], h[:, 5]) and model[1].is_quantized
 
 
 def test_find_outlier_dims_and_replace_linear():
