@@ -22,5 +22,9 @@ $PIP install -q -e ".[test]"
 # Backend wheels (each installs where its platform supports it; a backend that cannot work here
 # reports itself unavailable at run time instead of failing the install).
 # --- backends: one line each ---
+KBIT_CUDA_BUILD=${KBIT_CUDA_BUILD:-OFF} $PIP install -q ./backends/cuda  # kbit-cuda, Python only: kernels compile in ci/check_cuda_build.sh (CI) and ci/test_cuda_gpu.sh (GPU); KBIT_CUDA_BUILD=ON builds all 7 archs here
+$PIP install -q ./backends/triton  # kbit-triton (+ triton==3.9.0 on Linux x86_64): ROCm/XPU/NVIDIA GPUs; CPU only under TRITON_INTERPRET=1 (ci/test.sh)
+$PIP install -q ./backends/mps  # kbit-mps: Python + Metal sources (compiled at run time), installs anywhere, serves only macOS with an MPS device
+$PIP install -q ./backends/cpu  # kbit-cpu: kernels_cpu/ built by CMake through scikit-build-core; re-runs rebuild incrementally in backends/cpu/build/
 # --- end backends ---
 .venv/bin/python -m kbit >/dev/null

@@ -15,6 +15,7 @@ backends.load()
 
 from . import functional  # noqa: E402
 from . import nn  # noqa: E402
+from . import optim  # noqa: E402
 from . import utils  # noqa: E402
 from .autograd import matmul_4bit  # noqa: E402
 from .autograd.matmul_8bit import MatmulLtState, matmul  # noqa: E402
@@ -32,6 +33,7 @@ __all__ = [
     "matmul",
     "matmul_4bit",
     "nn",
+    "optim",
     "supported_torch_devices",
     "utils",
 ]

@@ -1,4 +1,5 @@
-"""``python -m kbit``: versions, devices, backends (loaded or why not) and who serves each op per device type."""
+"""``python -m kbit``: versions, devices, backends (loaded or why not) and who serves each op per device type;
+``python -m kbit bench``: op timings (kbit.bench)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,16 @@ def _environment() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from . import bench
+
+        return bench.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m kbit", description=__doc__)
-    parser.add_argument("command", nargs="?", default="info", choices=["info"], help="info: environment and backend table (default)")
+    parser.add_argument(
+        "command", nargs="?", default="info", choices=["info", "bench"],
+        help="info: environment and backend table (default); bench: time the CPU ops (bench --help)",
+    )
     parser.parse_args(argv)
     import kbit
 

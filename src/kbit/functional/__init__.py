@@ -27,9 +27,11 @@ from .fourbit import (
 from .int8 import *  # noqa: F403
 from .int8 import __all__ as _int8_all
 from .optim import optimizer_update_8bit_blockwise, optimizer_update_32bit
+from .paged import GlobalPageManager, fill, get_paged, prefetch_tensor
 from .quant_state import QuantState, pack_dict_to_tensor, unpack_tensor_to_dict
 
 __all__ = [
+    "GlobalPageManager",
     "QuantState",
     "create_dynamic_map",
     "create_fp8_map",
@@ -39,14 +41,17 @@ __all__ = [
     "dequantize_blockwise",
     "dequantize_fp4",
     "dequantize_nf4",
+    "fill",
     "gemv_4bit",
     "get_4bit_type",
+    "get_paged",
     "get_ptr",
     "has_avx512bf16",
     "is_on_gpu",
     "optimizer_update_32bit",
     "optimizer_update_8bit_blockwise",
     "pack_dict_to_tensor",
+    "prefetch_tensor",
     "quantize_4bit",
     "quantize_blockwise",
     "quantize_fp4",

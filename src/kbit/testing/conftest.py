@@ -8,11 +8,15 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+from . import sizes
 from .providers import all_providers
 
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=25, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+if sizes.SMALL:
+    settings.register_profile("small", settings(settings.default, max_examples=sizes.SMALL_MAX_EXAMPLES))
+    settings.load_profile("small")
 
 _PROVIDERS = all_providers()
 

@@ -25,10 +25,11 @@ from kbit.testing.optimizer_cases import (
     make_inputs,
     torch_optimizer,
 )
+from kbit.testing.sizes import pick
 
 OP = "optimizer_update_32bit"
-STEPS = 10
-TORCH_STEPS = 20
+STEPS = pick(10, 4)
+TORCH_STEPS = pick(20, 6)
 
 
 # --- float64 oracle (SPEC §7) --------------------------------------------------------------------

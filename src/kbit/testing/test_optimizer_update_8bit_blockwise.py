@@ -29,11 +29,14 @@ from kbit.testing.optimizer_cases import (
     make_inputs,
     torch_optimizer,
 )
+from kbit.testing.sizes import pick
 
 OP = "optimizer_update_8bit_blockwise"
 BLOCK = formats.OPTIMIZER_BLOCKSIZE
-STEPS = 8
-TORCH_STEPS = 20
+STEPS = pick(8, 3)
+TORCH_STEPS = pick(20, 5)
+#: Parameter shape of the torch.optim comparison: 17 blocks of 256 (5 in small mode).
+TORCH_SHAPE = pick((33, 129), (9, 129))
 QMAP_SIGNED = create_dynamic_map(signed=True)
 QMAP_UNSIGNED = create_dynamic_map(signed=False)
 #: Index of 0.0 in the signed dynamic map and in the unsigned one (SPEC §2).
@@ -231,7 +234,7 @@ def test_matches_torch_optim(provider, case, dtype):
     after every step, as upstream's test does); param mean abs / mean rel error and state closeness."""
     c = CASES[case]
     device = provider.device
-    shape = (33, 129)
+    shape = TORCH_SHAPE
     p0, grads = make_inputs(shape, dtype, TORCH_STEPS, seed=1)
     p = p0.to(device, copy=True)
     st = States.zeros(c, shape, device)

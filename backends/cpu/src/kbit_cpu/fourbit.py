@@ -1,0 +1,131 @@
+"""Bindings of the 4-bit ops: quantize_4bit, dequantize_4bit (+ .out), gemv_4bit (+ .out), gemm_4bit.
+
+Each function has the op's signature (kbit/_ops.py); the frontend validated the arguments. What the C
+kernels do not handle raises :class:`kbit.backends.Unsupported`, and the next provider serves the call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from kbit import formats
+from kbit.backends import Unsupported
+
+from . import _abi
+from ._tensors import dtype_tag, finish, float32_vector, on_cpu, packed_bytes, ptr, threads, writable
+
+#: M above which gemm_4bit dequantizes the weight once (in A.dtype) and lets torch multiply.
+GEMM_FUSED_MAX_M = 64
+
+
+def _quant_type_tag(op: str, quant_type: str) -> int:
+    tag = _abi.QUANT_TYPE_TAGS.get(quant_type)
+    if tag is None:
+        raise Unsupported(f"kbit-cpu {op}: quant_type {quant_type!r}")
+    return tag
+
+
+def quantize_4bit(A, blocksize, quant_type, quant_storage):
+    op = "quantize_4bit"
+    on_cpu(op, A)
+    n = A.numel()
+    count = formats.packed_4bit_numel(n, quant_storage)
+    if count < 0:
+        raise Unsupported(f"kbit-cpu {op}: {(n + 1) // 2} bytes do not fill whole {quant_storage} elements")
+    tag, qt = dtype_tag(op, A.dtype), _quant_type_tag(op, quant_type)
+    A = A.contiguous()
+    packed = torch.empty((n + 1) // 2, dtype=torch.uint8)
+    absmax = torch.empty(formats.num_blocks(n, blocksize), dtype=torch.float32)
+    _abi.call(op, "kbit_cpu_quantize_4bit", ptr(A), tag, n, blocksize, qt, ptr(packed), ptr(absmax), threads())
+    return packed.view(quant_storage).view(count, 1), absmax
+
+
+def _dequantize_into(op, A, absmax, blocksize, quant_type, n, out):
+    on_cpu(op, A, absmax, out)
+    tag, qt = dtype_tag(op, out.dtype), _quant_type_tag(op, quant_type)
+    raw = packed_bytes(op, A, (n + 1) // 2)
+    scales = float32_vector(op, "absmax", absmax, formats.num_blocks(n, blocksize))
+    _abi.call(op, "kbit_cpu_dequantize_4bit", ptr(raw), ptr(scales), n, blocksize, qt, ptr(out), tag, threads())
+
+
+def dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype):
+    out = torch.empty(list(shape), dtype=dtype)
+    _dequantize_into("dequantize_4bit", A, absmax, blocksize, quant_type, out.numel(), out)
+    return out
+
+
+def dequantize_4bit_out(A, absmax, blocksize, quant_type, shape, dtype, out):
+    target = writable(out)
+    _dequantize_into("dequantize_4bit", A, absmax, blocksize, quant_type, math.prod(shape), target)
+    finish(out, target)
+
+
+def _gemv_into(A, B, shapeB, absmax, code, blocksize, out):
+    op = "gemv_4bit"
+    on_cpu(op, A, B, absmax, code, out)
+    N, K = shapeB
+    if A.numel() != K:
+        raise Unsupported(f"kbit-cpu {op}: A must hold one row of K={K} elements, got shape {tuple(A.shape)}")
+    if code.numel() != 16:
+        raise Unsupported(f"kbit-cpu {op}: code must have 16 entries, got {code.numel()}")
+    tag = dtype_tag(op, A.dtype)
+    A = A.contiguous()
+    raw = packed_bytes(op, B, (N * K + 1) // 2)
+    scales = float32_vector(op, "absmax", absmax, formats.num_blocks(N * K, blocksize))
+    table = code.to(torch.float32).contiguous()
+    _abi.call(op, "kbit_cpu_gemv_4bit", ptr(A), tag, ptr(raw), ptr(scales), ptr(table), N, K, blocksize, ptr(out), threads())
+
+
+def gemv_4bit(A, B, shapeB, absmax, code, blocksize):
+    out = torch.empty((*A.shape[:-1], shapeB[0]), dtype=A.dtype)
+    _gemv_into(A, B, shapeB, absmax, code, blocksize, out)
+    return out
+
+
+def gemv_4bit_out(A, B, shapeB, absmax, code, blocksize, out):
+    target = writable(out)
+    _gemv_into(A, B, shapeB, absmax, code, blocksize, target)
+    finish(out, target)
+
+
+def _denested(op, absmax, nb, absmax_8bit, absmax_code, absmax_offset):
+    """(q uint8, second-level scales, 256-entry code, offset) of nested absmax, validated for the kernel."""
+    q = absmax_8bit.contiguous()
+    if q.dtype != torch.uint8 or q.numel() < nb:
+        raise Unsupported(f"kbit-cpu {op}: absmax_8bit must be uint8 with {nb} elements")
+    scales = float32_vector(op, "absmax", absmax, formats.num_blocks(nb, formats.NESTED_BLOCKSIZE))
+    table = float32_vector(op, "absmax_code", absmax_code, 256)
+    return q, scales, table, float(absmax_offset)
+
+
+def gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, absmax_code=None, absmax_offset=None):
+    op = "gemm_4bit"
+    on_cpu(op, A, B, absmax, bias, absmax_8bit, absmax_code, absmax_offset)
+    N, K = shapeB
+    M = math.prod(A.shape[:-1])
+    tag, qt = dtype_tag(op, A.dtype), _quant_type_tag(op, quant_type)
+    if bias is not None and bias.dtype != A.dtype:
+        raise Unsupported(f"kbit-cpu {op}: bias dtype {bias.dtype} differs from A's {A.dtype}")
+    nb = formats.num_blocks(N * K, blocksize)
+    raw = packed_bytes(op, B, (N * K + 1) // 2)
+    if absmax_8bit is not None:
+        q, scales, table, offset = _denested(op, absmax, nb, absmax_8bit, absmax_code, absmax_offset)
+    else:
+        q, table, offset = None, None, 0.0
+        scales = float32_vector(op, "absmax", absmax, nb)
+    if M > GEMM_FUSED_MAX_M:
+        # Large M is compute-bound: dequantize once (in A's dtype, as the reference) and let torch multiply.
+        if q is not None:
+            idx = torch.arange(nb) // formats.NESTED_BLOCKSIZE
+            scales = table[q[:nb].long()] * scales[idx] + absmax_offset
+        W = dequantize_4bit(raw, scales, blocksize, quant_type, [N, K], A.dtype)
+        return torch.nn.functional.linear(A, W, bias)
+    A = A.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    out = torch.empty((*A.shape[:-1], N), dtype=A.dtype)
+    _abi.call(
+        op, "kbit_cpu_gemm_4bit", ptr(A), tag, M, ptr(raw), N, K, ptr(scales), blocksize, qt, ptr(bias),
+        ptr(q), ptr(table), offset, ptr(out), threads(),
+    )
+    return out

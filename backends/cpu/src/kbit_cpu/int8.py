@@ -1,0 +1,82 @@
+"""Bindings of the LLM.int8() ops: int8_vectorwise_quant, int8_linear_matmul (+ .out), int8_mm_dequant,
+int8_scaled_mm (the composition of the last two, both native)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from kbit.backends import Unsupported
+
+from . import _abi
+from ._tensors import dtype_tag, finish, float32_vector, on_cpu, ptr, threads, writable
+
+
+def int8_vectorwise_quant(A, threshold=0.0):
+    op = "int8_vectorwise_quant"
+    on_cpu(op, A)
+    if not (threshold == 0.0 or threshold > 0.0):
+        raise Unsupported(f"kbit-cpu {op}: threshold must be 0 or positive, got {threshold}")
+    tag = dtype_tag(op, A.dtype)
+    K = A.shape[-1] if A.dim() else 1
+    rows = A.numel() // K if K else 0
+    A = A.contiguous()
+    out = torch.empty(A.shape, dtype=torch.int8)
+    stats = torch.empty(rows, dtype=torch.float32)
+    mask = torch.zeros(K, dtype=torch.uint8) if threshold > 0.0 else None
+    _abi.call(op, "kbit_cpu_int8_vectorwise_quant", ptr(A), tag, rows, K, threshold, ptr(out), ptr(stats), ptr(mask), threads())
+    cols = None if mask is None else torch.nonzero(mask).view(-1)
+    return out, stats, cols
+
+
+def _matmul_into(A, B, out):
+    op = "int8_linear_matmul"
+    on_cpu(op, A, B, out)
+    if A.dtype != torch.int8 or B.dtype != torch.int8:
+        raise Unsupported(f"kbit-cpu {op}: A and B must be int8, got {A.dtype} and {B.dtype}")
+    K = A.shape[-1]
+    M = math.prod(A.shape[:-1])
+    N = B.shape[0]
+    A, B = A.contiguous(), B.contiguous()
+    _abi.call(op, "kbit_cpu_int8_linear_matmul", ptr(A), ptr(B), M, N, K, ptr(out), threads())
+
+
+def int8_linear_matmul(A, B):
+    out = torch.empty((*A.shape[:-1], B.shape[0]), dtype=torch.int32)
+    _matmul_into(A, B, out)
+    return out
+
+
+def int8_linear_matmul_out(A, B, out):
+    target = writable(out)
+    _matmul_into(A, B, target)
+    finish(out, target)
+
+
+def int8_mm_dequant(A, row_stats, col_stats, dtype=None, bias=None):
+    op = "int8_mm_dequant"
+    on_cpu(op, A, row_stats, col_stats, bias)
+    if A.dtype != torch.int32:
+        raise Unsupported(f"kbit-cpu {op}: A must be int32, got {A.dtype}")
+    dtype = dtype or torch.float16
+    tag = dtype_tag(op, dtype)
+    N = A.shape[-1] if A.dim() else 1
+    rows = A.numel() // N if N else 0
+    out = torch.empty(A.shape, dtype=dtype)
+    if rows == 0:
+        return out
+    rs = float32_vector(op, "row_stats", row_stats, rows)
+    cs = float32_vector(op, "col_stats", col_stats, N)
+    bias_tag = 0
+    if bias is not None:
+        bias_tag = dtype_tag(op, bias.dtype)
+        if bias.numel() < N:
+            raise Unsupported(f"kbit-cpu {op}: bias has {bias.numel()} elements, {N} needed")
+        bias = bias.contiguous()
+    A = A.contiguous()
+    _abi.call(op, "kbit_cpu_int8_mm_dequant", ptr(A), ptr(rs), ptr(cs), ptr(bias), bias_tag, rows, N, ptr(out), tag, threads())
+    return out
+
+
+def int8_scaled_mm(A, B, row_stats, col_stats, bias=None, dtype=None):
+    return int8_mm_dequant(int8_linear_matmul(A, B), row_stats, col_stats, dtype, bias)

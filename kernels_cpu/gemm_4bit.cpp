@@ -1,0 +1,411 @@
+// gemm_4bit.cpp — kbit::gemm_4bit: out[M, N] = A[M, K] @ W[N, K].T (+ bias), W 4-bit, for small M.
+//
+// Like the reference, the weights are dequantized to A's dtype (code[q] * absmax rounded to f16/bf16
+// for half activations) and accumulated in float32. Nested absmax is de-nested once per call
+// (absmax_code[q] * absmax2[i / 256] + offset, float32, as dequantize_blockwise + add). Threads split
+// N into tiles of kTileRows weight rows; each tile is dequantized once into a per-thread buffer and
+// reused by every row of A.
+// avx512: K % 32 == 0. M <= 3: every 32-weight chunk is looked up once into registers and used by
+//   all rows (FMA, activations de-interleaved per chunk as in gemv_4bit). Larger M: tiles of 4 rows
+//   are dequantized into a per-thread buffer and multiplied by a register-blocked micro-kernel. With
+//   AVX512-BF16 and bf16 activations: tiles of 8 rows x 1024 columns of bf16 pairs (two vpermd per 32
+//   weights), 3 x 8 vdpbf16ps blocks on A's own bf16 data, partial sums kept between column chunks;
+//   otherwise tiles of 4 full rows in float32 and 6 x 4 FMA blocks.
+// other ISAs / other K: each weight row is dequantized once and dotted with every activation row.
+#include "convert.h"
+#include "dispatch.h"
+#include "kbit_cpu.h"
+#include "parallel.h"
+
+namespace kbit_cpu {
+
+struct Gemm4bitArgs {
+  const void* A;
+  int32_t dtype;
+  int64_t M;
+  const uint8_t* B;
+  int64_t N, K, blocksize;
+  const float* absmax;  // de-nested
+  const float* code;    // 16 floats
+  const void* bias;     // dtype, or nullptr
+  void* out;
+  float* act;           // scratch: M * K + 16 floats, 64-byte aligned
+  float* tiles;         // scratch: threads * part_floats floats, 64-byte aligned
+  int64_t part_floats;  // scratch_floats_per_part(M, K)
+  int32_t threads;
+};
+
+// float32 tiles: kTileRows rows x K. bf16 tiles: kBf16TileRows rows x kBf16Kc columns of bf16, plus the
+// partial sums of every activation row against them (one vector per row and tile row).
+constexpr int64_t kTileRows = 4;
+constexpr int64_t kBf16TileRows = 8;
+constexpr int64_t kBf16Kc = 1024;
+
+static inline int64_t scratch_floats_per_part(int64_t M, int64_t K) {
+  const int64_t f32_tile = kTileRows * (K + 16);
+  const int64_t bf16_tile = kBf16TileRows * (kBf16Kc + 32) / 2 + M * kBf16TileRows * 16;
+  return (f32_tile > bf16_tile ? f32_tile : bf16_tile) + 16;
+}
+
+namespace KBIT_NS {
+namespace {
+
+constexpr int64_t kChunk = 32;
+constexpr int64_t kMinMacsPerThread = 1 << 18;
+
+inline uint8_t nibble(const uint8_t* packed, int64_t i) {
+  const uint8_t byte = packed[i >> 1];
+  return (i & 1) ? (byte & 0x0F) : (byte >> 4);
+}
+
+// The value a float32 weight has once stored in the activation dtype (the reference dequantizes to it).
+inline float as_dtype(float v, int32_t dtype) {
+  if (dtype == KBIT_CPU_BF16) return bf16_to_f32(f32_to_bf16(v));
+  if (dtype == KBIT_CPU_F16) return f16_to_f32(f32_to_f16(v));
+  return v;
+}
+
+inline float bias_of(const Gemm4bitArgs& a, int64_t n) {
+  return a.bias != nullptr ? load_scalar(a.bias, a.dtype, n) : 0.0f;
+}
+
+// Weight row r in element order (any K), rounded to the activation dtype.
+void dequantize_row(const Gemm4bitArgs& a, int64_t r, float* w) {
+  const int64_t row = r * a.K;
+  for (int64_t pos = row, b = row / a.blocksize; pos < row + a.K; ++b) {  // b: block of pos
+    const int64_t seg_end = (b + 1) * a.blocksize < row + a.K ? (b + 1) * a.blocksize : row + a.K;
+    float lut[16];
+    for (int j = 0; j < 16; ++j) lut[j] = as_dtype(a.code[j] * a.absmax[b], a.dtype);
+    for (int64_t i = pos; i < seg_end; ++i) w[i - row] = lut[nibble(a.B, i)];
+    pos = seg_end;
+  }
+}
+
+void rows_portable(const Gemm4bitArgs& a, int64_t r0, int64_t r1, int slot) {
+  float* w = a.tiles + slot * a.part_floats;
+  for (int64_t r = r0; r < r1; ++r) {
+    dequantize_row(a, r, w);
+    const float bias = bias_of(a, r);
+    for (int64_t m = 0; m < a.M; ++m) {
+      const float* x = a.act + m * a.K;
+      float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+      int64_t k = 0;
+      for (; k + 8 <= a.K; k += 8) {
+        for (int j = 0; j < 8; ++j) acc[j] += x[k + j] * w[k + j];
+      }
+      for (; k < a.K; ++k) acc[k & 7] += x[k] * w[k];
+      const float dot = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+      store_scalar(a.out, a.dtype, m * a.N + r, dot + bias);
+    }
+  }
+}
+
+#if defined(KBIT_ISA_AVX512)
+constexpr int kMaxMr = 6;
+// Up to this many activation rows (at most 48 KiB of float32 activations for K = 4096, L1-resident),
+// weights go straight from the lookup into FMAs (rows_direct); more rows re-read them from L2.
+constexpr int64_t kDirectMaxM = 3;
+
+// Activation rows de-interleaved per chunk (16 even, 16 odd elements), float32.
+void fill_activations(const Gemm4bitArgs& a) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (int64_t m = 0; m < a.M; ++m) {
+    for (int64_t c = 0; c < a.K; c += kChunk) {
+      const __m512 v0 = load16(a.A, a.dtype, m * a.K + c), v1 = load16(a.A, a.dtype, m * a.K + c + 16);
+      _mm512_store_ps(a.act + m * a.K + c, _mm512_permutex2var_ps(v0, even, v1));
+      _mm512_store_ps(a.act + m * a.K + c + 16, _mm512_permutex2var_ps(v0, odd, v1));
+    }
+  }
+}
+
+inline __m512 round_lut(__m512 lut, int32_t dtype) {
+  if (dtype == KBIT_CPU_BF16) return bf16x16_to_f32(f32x16_to_bf16(lut));
+  if (dtype == KBIT_CPU_F16) return _mm512_cvtph_ps(_mm512_cvtps_ph(lut, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  return lut;
+}
+
+// Tile of `rows` weight rows starting at r0, de-interleaved float32 (row stride K + 16).
+void dequantize_tile_f32(const Gemm4bitArgs& a, int64_t r0, int64_t rows, float* tile) {
+  const __m512 code = _mm512_loadu_ps(a.code);
+  for (int64_t t = 0; t < rows; ++t) {
+    const int64_t row = (r0 + t) * a.K;
+    float* w = tile + t * (a.K + 16);
+    for (int64_t pos = row, b = row / a.blocksize; pos < row + a.K; ++b) {  // b: block of pos
+      const int64_t seg_end = (b + 1) * a.blocksize < row + a.K ? (b + 1) * a.blocksize : row + a.K;
+      const __m512 lut = round_lut(_mm512_mul_ps(code, _mm512_set1_ps(a.absmax[b])), a.dtype);
+      for (int64_t i = pos; i < seg_end; i += kChunk) {
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.B + (i >> 1))));
+        _mm512_store_ps(w + (i - row), _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut));
+        _mm512_store_ps(w + (i - row) + 16, _mm512_permutexvar_ps(v, lut));
+      }
+      pos = seg_end;
+    }
+  }
+}
+
+template <int MR, int NR>
+void micro_f32(const Gemm4bitArgs& a, const float* tile, int64_t m0, int64_t r0) {
+  __m512 acc[MR][NR];
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();
+  const int64_t stride = a.K + 16;
+  for (int64_t k = 0; k < a.K; k += 16) {
+    __m512 w[NR];
+    for (int r = 0; r < NR; ++r) w[r] = _mm512_load_ps(tile + r * stride + k);
+    for (int m = 0; m < MR; ++m) {
+      const __m512 x = _mm512_load_ps(a.act + (m0 + m) * a.K + k);
+      for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_fmadd_ps(x, w[r], acc[m][r]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < NR; ++r)
+      store_scalar(a.out, a.dtype, (m0 + m) * a.N + r0 + r, _mm512_reduce_add_ps(acc[m][r]) + bias_of(a, r0 + r));
+}
+
+// bf16 weights as pairs: lane i = bf16(w[2i]) | bf16(w[2i+1]) << 16, columns [k0, k1) of `rows` rows
+// from r0 (row stride kBf16Kc + 32 halves).
+KBIT_TARGET_AVX512_BF16 void dequantize_tile_bf16(const Gemm4bitArgs& a, int64_t r0, int64_t rows, int64_t k0, int64_t k1,
+                                                  uint16_t* tile) {
+  const __m512 code = _mm512_loadu_ps(a.code);
+  for (int64_t t = 0; t < rows; ++t) {
+    const int64_t row = (r0 + t) * a.K;
+    uint16_t* w = tile + t * (kBf16Kc + 32) - k0;
+    for (int64_t pos = row + k0, b = (row + k0) / a.blocksize; pos < row + k1; ++b) {  // b: block of pos
+      const int64_t seg_end = (b + 1) * a.blocksize < row + k1 ? (b + 1) * a.blocksize : row + k1;
+      const __m512i lut = _mm512_cvtepu16_epi32(f32x16_to_bf16(_mm512_mul_ps(code, _mm512_set1_ps(a.absmax[b]))));
+      for (int64_t i = pos; i < seg_end; i += kChunk) {
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.B + (i >> 1))));
+        const __m512i even = _mm512_permutexvar_epi32(_mm512_srli_epi32(v, 4), lut);
+        const __m512i odd = _mm512_slli_epi32(_mm512_permutexvar_epi32(v, lut), 16);
+        _mm512_store_si512(w + (i - row), _mm512_or_si512(even, odd));
+      }
+      pos = seg_end;
+    }
+  }
+}
+
+// Rows m0.. m0+MR of A against the NR tile rows over columns [k0, k1): partial sums carried in `acc`
+// (one vector per activation row and tile row, stride kBf16TileRows) between column chunks; the last
+// chunk reduces them into out.
+template <int MR, int NR>
+KBIT_TARGET_AVX512_BF16 void micro_bf16(const Gemm4bitArgs& a, const uint16_t* tile, int64_t m0, int64_t r0, int64_t k0,
+                                        int64_t k1, float* acc_buf) {
+  const uint16_t* A = static_cast<const uint16_t*>(a.A);
+  __m512 acc[MR][NR];
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < NR; ++r)
+      acc[m][r] = k0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(acc_buf + ((m0 + m) * kBf16TileRows + r) * 16);
+  for (int64_t k = k0; k < k1; k += 32) {
+    // MR activation vectors stay in registers; weight vectors are loaded one at a time (MR * NR
+    // accumulators + MR + 1 registers: 28 of 32 for 3 x 8).
+    __m512bh x[MR];
+    for (int m = 0; m < MR; ++m) x[m] = (__m512bh)_mm512_loadu_si512(A + (m0 + m) * a.K + k);
+    for (int r = 0; r < NR; ++r) {
+      const __m512bh w = (__m512bh)_mm512_load_si512(tile + r * (kBf16Kc + 32) + (k - k0));
+      for (int m = 0; m < MR; ++m) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], x[m], w);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < NR; ++r) {
+      if (k1 == a.K) {
+        store_scalar(a.out, a.dtype, (m0 + m) * a.N + r0 + r, _mm512_reduce_add_ps(acc[m][r]) + bias_of(a, r0 + r));
+      } else {
+        _mm512_store_ps(acc_buf + ((m0 + m) * kBf16TileRows + r) * 16, acc[m][r]);
+      }
+    }
+}
+
+constexpr int kBf16Mr = 3;
+
+template <int NR>
+void tile_rows_bf16(const Gemm4bitArgs& a, const uint16_t* tile, int64_t r0, int64_t k0, int64_t k1, float* acc) {
+  int64_t m = 0;
+  for (; m + kBf16Mr <= a.M; m += kBf16Mr) micro_bf16<kBf16Mr, NR>(a, tile, m, r0, k0, k1, acc);
+  if (a.M - m == 2) micro_bf16<2, NR>(a, tile, m, r0, k0, k1, acc);
+  if (a.M - m == 1) micro_bf16<1, NR>(a, tile, m, r0, k0, k1, acc);
+}
+
+// Tiles of kBf16TileRows weight rows, kBf16Kc columns at a time, so that the tile chunk and the
+// activation columns it meets stay in L1 while every activation row uses them.
+void rows_bf16(const Gemm4bitArgs& a, int64_t r0, int64_t r1, int slot) {
+  float* scratch = a.tiles + slot * a.part_floats;
+  uint16_t* tile = reinterpret_cast<uint16_t*>(scratch);
+  float* acc = scratch + kBf16TileRows * (kBf16Kc + 32) / 2;
+  for (int64_t r = r0; r < r1; r += kBf16TileRows) {
+    const int64_t rows = r1 - r < kBf16TileRows ? r1 - r : kBf16TileRows;
+    for (int64_t k0 = 0; k0 < a.K; k0 += kBf16Kc) {
+      const int64_t k1 = k0 + kBf16Kc < a.K ? k0 + kBf16Kc : a.K;
+      dequantize_tile_bf16(a, r, rows, k0, k1, tile);
+      // The next chunk's packed weights (the next tile's first chunk after the last one) are fetched
+      // while this chunk is multiplied: one line per 128 weights of each of its rows.
+      const int64_t nr = k1 < a.K ? r : r + kBf16TileRows, nk0 = k1 < a.K ? k1 : 0;
+      const int64_t nk1 = nk0 + kBf16Kc < a.K ? nk0 + kBf16Kc : a.K;
+      for (int64_t t = nr; t < nr + kBf16TileRows && t < r1; ++t)
+        for (int64_t k = nk0; k < nk1; k += 128) _mm_prefetch(reinterpret_cast<const char*>(a.B + ((t * a.K + k) >> 1)), _MM_HINT_T0);
+      switch (rows) {
+        case 8: tile_rows_bf16<8>(a, tile, r, k0, k1, acc); break;
+        case 7: tile_rows_bf16<7>(a, tile, r, k0, k1, acc); break;
+        case 6: tile_rows_bf16<6>(a, tile, r, k0, k1, acc); break;
+        case 5: tile_rows_bf16<5>(a, tile, r, k0, k1, acc); break;
+        case 4: tile_rows_bf16<4>(a, tile, r, k0, k1, acc); break;
+        case 3: tile_rows_bf16<3>(a, tile, r, k0, k1, acc); break;
+        case 2: tile_rows_bf16<2>(a, tile, r, k0, k1, acc); break;
+        default: tile_rows_bf16<1>(a, tile, r, k0, k1, acc); break;
+      }
+    }
+  }
+}
+
+template <int NR>
+void tile_rows(const Gemm4bitArgs& a, const float* tile, int64_t r0) {
+  int64_t m = 0;
+  for (; m + kMaxMr <= a.M; m += kMaxMr) micro_f32<kMaxMr, NR>(a, tile, m, r0);
+  switch (a.M - m) {
+    case 5: micro_f32<5, NR>(a, tile, m, r0); break;
+    case 4: micro_f32<4, NR>(a, tile, m, r0); break;
+    case 3: micro_f32<3, NR>(a, tile, m, r0); break;
+    case 2: micro_f32<2, NR>(a, tile, m, r0); break;
+    case 1: micro_f32<1, NR>(a, tile, m, r0); break;
+    default: break;
+  }
+}
+
+// Small M: each 32-weight chunk is looked up once into two registers and multiplied into every
+// activation row straight away (no tile in memory); 2 * MR accumulators.
+template <int MR>
+void rows_direct(const Gemm4bitArgs& a, int64_t r0, int64_t r1) {
+  const __m512 code = _mm512_loadu_ps(a.code);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t row = r * a.K;
+    __m512 even[MR], odd[MR];
+    for (int m = 0; m < MR; ++m) even[m] = odd[m] = _mm512_setzero_ps();
+    for (int64_t pos = row, b = row / a.blocksize; pos < row + a.K; ++b) {  // b: block of pos
+      const int64_t seg_end = (b + 1) * a.blocksize < row + a.K ? (b + 1) * a.blocksize : row + a.K;
+      const __m512 lut = round_lut(_mm512_mul_ps(code, _mm512_set1_ps(a.absmax[b])), a.dtype);
+      for (int64_t i = pos; i < seg_end; i += kChunk) {
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.B + (i >> 1))));
+        const __m512 we = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut), wo = _mm512_permutexvar_ps(v, lut);
+        const float* x = a.act + (i - row);
+        for (int m = 0; m < MR; ++m) {
+          even[m] = _mm512_fmadd_ps(we, _mm512_load_ps(x + m * a.K), even[m]);
+          odd[m] = _mm512_fmadd_ps(wo, _mm512_load_ps(x + m * a.K + 16), odd[m]);
+        }
+      }
+      pos = seg_end;
+    }
+    const float bias = bias_of(a, r);
+    for (int m = 0; m < MR; ++m)
+      store_scalar(a.out, a.dtype, m * a.N + r, _mm512_reduce_add_ps(_mm512_add_ps(even[m], odd[m])) + bias);
+  }
+}
+
+void rows_f32(const Gemm4bitArgs& a, int64_t r0, int64_t r1, int slot) {
+  float* tile = a.tiles + slot * a.part_floats;
+  for (int64_t r = r0; r < r1; r += kTileRows) {
+    const int64_t rows = r1 - r < kTileRows ? r1 - r : kTileRows;
+    dequantize_tile_f32(a, r, rows, tile);
+    switch (rows) {
+      case 4: tile_rows<4>(a, tile, r); break;
+      case 3: tile_rows<3>(a, tile, r); break;
+      case 2: tile_rows<2>(a, tile, r); break;
+      default: tile_rows<1>(a, tile, r); break;
+    }
+  }
+}
+#endif
+
+}  // namespace
+
+void gemm_4bit(const Gemm4bitArgs& a) {
+  const int64_t min_rows = kMinMacsPerThread / (a.K * a.M > 0 ? a.K * a.M : 1) + 1;
+#if defined(KBIT_ISA_AVX512)
+  if (a.K % kChunk == 0 && a.M <= kDirectMaxM) {
+    fill_activations(a);
+    parallel_for(a.N, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int) {
+      switch (a.M) {
+        case 1: rows_direct<1>(a, r0, r1); break;
+        case 2: rows_direct<2>(a, r0, r1); break;
+        case 3: rows_direct<3>(a, r0, r1); break;
+        case 4: rows_direct<4>(a, r0, r1); break;
+        case 5: rows_direct<5>(a, r0, r1); break;
+        case 6: rows_direct<6>(a, r0, r1); break;
+        case 7: rows_direct<7>(a, r0, r1); break;
+        default: rows_direct<8>(a, r0, r1); break;
+      }
+    });
+    return;
+  }
+  if (a.K % kChunk == 0 && a.dtype == KBIT_CPU_BF16 && has_avx512_bf16()) {
+    parallel_for(a.N, kBf16TileRows, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int slot) { rows_bf16(a, r0, r1, slot); });
+    return;
+  }
+  if (a.K % kChunk == 0) {
+    fill_activations(a);
+    parallel_for(a.N, kTileRows, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int slot) { rows_f32(a, r0, r1, slot); });
+    return;
+  }
+#endif
+  for (int64_t m = 0; m < a.M; ++m) to_f32(a.A, a.dtype, m * a.K, a.K, a.act + m * a.K);
+  parallel_for(a.N, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int slot) { rows_portable(a, r0, r1, slot); });
+}
+
+}  // namespace KBIT_NS
+}  // namespace kbit_cpu
+
+#if defined(KBIT_ISA_SCALAR)
+#include <memory>
+
+#include "status.h"
+
+KBIT_DECLARE_ISAS(void gemm_4bit(const Gemm4bitArgs& a))
+
+namespace {
+float* aligned64(std::unique_ptr<float[]>& storage, int64_t count) {
+  storage.reset(new float[count + 16]);
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(storage.get()) + 63) & ~uintptr_t{63});
+}
+}  // namespace
+
+extern "C" int32_t kbit_cpu_gemm_4bit(const void* A, int32_t dtype, int64_t M, const uint8_t* B, int64_t N, int64_t K,
+                                      const float* absmax, int32_t blocksize, int32_t quant_type, const void* bias,
+                                      const uint8_t* absmax_8bit, const float* absmax_code, float absmax_offset,
+                                      void* out, int32_t num_threads) {
+  using namespace kbit_cpu;
+  return guarded("gemm_4bit", [&] {
+    static const float kNf4[16] = KBIT_NF4_CODE_INIT;
+    static const float kFp4[16] = KBIT_FP4_CODE_INIT;
+    require_dtype(dtype, "A");
+    require_threads(num_threads);
+    require(M >= 0 && N >= 0 && K >= 0, "M, N and K must be >= 0");
+    require(blocksize >= KBIT_FOURBIT_MIN_BLOCKSIZE && blocksize <= KBIT_FOURBIT_MAX_BLOCKSIZE &&
+                (blocksize & (blocksize - 1)) == 0,
+            "blocksize must be a power of two in [32, 4096]");
+    require(quant_type == KBIT_CPU_NF4 || quant_type == KBIT_CPU_FP4, "quant_type must be KBIT_CPU_NF4 or KBIT_CPU_FP4");
+    if (M == 0 || N == 0) return;
+    require(A != nullptr && out != nullptr, "A and out must not be NULL");
+    if (K == 0) {
+      for (int64_t i = 0; i < M * N; ++i)
+        isa_scalar::store_scalar(out, dtype, i, bias != nullptr ? isa_scalar::load_scalar(bias, dtype, i % N) : 0.0f);
+      return;
+    }
+    require(B != nullptr && absmax != nullptr, "B and absmax must not be NULL");
+    const int64_t nb = (N * K + blocksize - 1) / blocksize;
+    std::unique_ptr<float[]> denested_storage, act_storage, tile_storage;
+    const float* scales = absmax;
+    if (absmax_8bit != nullptr) {
+      require(absmax_code != nullptr, "absmax_code must not be NULL with absmax_8bit");
+      float* d = aligned64(denested_storage, nb);
+      for (int64_t i = 0; i < nb; ++i) d[i] = absmax_code[absmax_8bit[i]] * absmax[i / KBIT_NESTED_BLOCKSIZE] + absmax_offset;
+      scales = d;
+    }
+    float* act = aligned64(act_storage, M * K);
+    const int32_t threads = num_threads > 0 ? num_threads : 1;
+    const int64_t part_floats = scratch_floats_per_part(M, K);
+    float* tiles = aligned64(tile_storage, threads * part_floats);
+    const Gemm4bitArgs args{A, dtype, M, B, N, K, blocksize, scales, quant_type == KBIT_CPU_NF4 ? kNf4 : kFp4,
+                            bias, out, act, tiles, part_floats, threads};
+    KBIT_DISPATCH(gemm_4bit(args));
+  });
+}
+#endif

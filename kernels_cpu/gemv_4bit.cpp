@@ -1,0 +1,269 @@
+// gemv_4bit.cpp — kbit::gemv_4bit: out[N] = A[K] @ W[N, K].T with W = code[q] * absmax, fused.
+//
+// The activations are converted to float32 once per call; each weight is looked up in its block's
+// scaled 16-entry table (the same float32 value the reference dequantizes to) and accumulated in
+// float32. Rows are split across threads. With K % 32 == 0 every 32-element chunk of a row lies in
+// one block (blocksizes are powers of two >= 32), so the vector paths step 16 packed bytes at a time:
+// the activations are stored de-interleaved per chunk (16 even, then 16 odd elements) so that the
+// high and low nibbles of the 16 bytes each index one full vector, with no shuffle back to element
+// order. avx512: vpmovzxbd + vpermps + FMA. avx2: 8-lane halves, two vpermps + blend per lookup.
+// neon: vqtbl4q lookups. Any other K (or the scalar ISA) takes the portable per-element loop.
+#include "convert.h"
+#include "dispatch.h"
+#include "kbit_cpu.h"
+#include "parallel.h"
+
+namespace kbit_cpu {
+
+struct Gemv4bitArgs {
+  const void* A;
+  int32_t dtype;
+  const uint8_t* B;
+  const float* absmax;
+  const float* code;  // 16 floats
+  int64_t N, K, blocksize;
+  void* out;
+  float* act;  // scratch: K + 32 floats, 64-byte aligned
+  int32_t threads;
+};
+
+namespace KBIT_NS {
+namespace {
+
+constexpr int64_t kChunk = 32;
+constexpr int64_t kMinWeightsPerThread = 1 << 16;
+
+inline uint8_t nibble(const uint8_t* packed, int64_t i) {
+  const uint8_t byte = packed[i >> 1];
+  return (i & 1) ? (byte & 0x0F) : (byte >> 4);
+}
+
+// Any K: activations in element order, blocks found per segment of the row.
+void rows_portable(const Gemv4bitArgs& a, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t row = r * a.K;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int64_t pos = row, b = row / a.blocksize; pos < row + a.K; ++b) {  // b: block of pos
+      const int64_t seg_end = (b + 1) * a.blocksize < row + a.K ? (b + 1) * a.blocksize : row + a.K;
+      float lut[16];
+      for (int j = 0; j < 16; ++j) lut[j] = a.code[j] * a.absmax[b];
+      for (int64_t i = pos; i < seg_end; ++i) acc[i & 3] += a.act[i - row] * lut[nibble(a.B, i)];
+      pos = seg_end;
+    }
+    store_scalar(a.out, a.dtype, r, (acc[0] + acc[1]) + (acc[2] + acc[3]));
+  }
+}
+
+#if defined(KBIT_ISA_AVX512)
+constexpr bool kVectorPath = true;
+
+void fill_activations(const Gemv4bitArgs& a) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (int64_t c = 0; c < a.K; c += kChunk) {
+    const __m512 v0 = load16(a.A, a.dtype, c), v1 = load16(a.A, a.dtype, c + 16);
+    _mm512_store_ps(a.act + c, _mm512_permutex2var_ps(v0, even, v1));
+    _mm512_store_ps(a.act + c + 16, _mm512_permutex2var_ps(v0, odd, v1));
+  }
+}
+
+struct Acc {
+  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+};
+
+// `chunks` chunks of one block: weights at p (16 bytes each), activations at x (32 floats each).
+inline void dot_block(Acc& acc, __m512 lut, const uint8_t* p, const float* x, int64_t chunks) {
+  int64_t c = 0;
+  for (; c + 2 <= chunks; c += 2) {
+    const __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * c)));
+    const __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * c + 16)));
+    acc.s0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4), lut), _mm512_load_ps(x + 32 * c), acc.s0);
+    acc.s1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(v0, lut), _mm512_load_ps(x + 32 * c + 16), acc.s1);
+    acc.s2 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v1, 4), lut), _mm512_load_ps(x + 32 * c + 32), acc.s2);
+    acc.s3 = _mm512_fmadd_ps(_mm512_permutexvar_ps(v1, lut), _mm512_load_ps(x + 32 * c + 48), acc.s3);
+  }
+  if (c < chunks) {
+    const __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * c)));
+    acc.s0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4), lut), _mm512_load_ps(x + 32 * c), acc.s0);
+    acc.s1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(v0, lut), _mm512_load_ps(x + 32 * c + 16), acc.s1);
+  }
+}
+
+void rows_vector(const Gemv4bitArgs& a, int64_t r0, int64_t r1) {
+  const __m512 code = _mm512_loadu_ps(a.code);
+  const int64_t B = a.blocksize;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t row = r * a.K;
+    Acc acc;
+    if (a.K % B == 0) {  // whole blocks per row: no division in the loop
+      const int64_t per_row = a.K / B, b0 = row / B;
+      for (int64_t j = 0; j < per_row; ++j) {
+        const __m512 lut = _mm512_mul_ps(code, _mm512_set1_ps(a.absmax[b0 + j]));
+        dot_block(acc, lut, a.B + ((row + j * B) >> 1), a.act + j * B, B / kChunk);
+      }
+    } else {
+      for (int64_t pos = row, b = row / B; pos < row + a.K; ++b) {  // b: block of pos
+        const int64_t seg_end = (b + 1) * B < row + a.K ? (b + 1) * B : row + a.K;
+        const __m512 lut = _mm512_mul_ps(code, _mm512_set1_ps(a.absmax[b]));
+        dot_block(acc, lut, a.B + (pos >> 1), a.act + (pos - row), (seg_end - pos) / kChunk);
+        pos = seg_end;
+      }
+    }
+    const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc.s0, acc.s1), _mm512_add_ps(acc.s2, acc.s3));
+    store_scalar(a.out, a.dtype, r, _mm512_reduce_add_ps(sum));
+  }
+}
+#elif defined(KBIT_ISA_AVX2)
+constexpr bool kVectorPath = true;
+
+// Per chunk: for bytes 0..7 their 8 even then 8 odd elements, then the same for bytes 8..15.
+void fill_activations(const Gemv4bitArgs& a) {
+  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  for (int64_t c = 0; c < a.K; c += 16) {
+    const __m256 v0 = _mm256_permutevar8x32_ps(load8(a.A, a.dtype, c), even);      // e0 e2 e4 e6 | e1 e3 e5 e7
+    const __m256 v1 = _mm256_permutevar8x32_ps(load8(a.A, a.dtype, c + 8), even);  // e8 .. e14 | e9 .. e15
+    _mm256_store_ps(a.act + c, _mm256_permute2f128_ps(v0, v1, 0x20));
+    _mm256_store_ps(a.act + c + 8, _mm256_permute2f128_ps(v0, v1, 0x31));
+  }
+}
+
+inline __m256 lookup8(__m256i idx, __m256 lo, __m256 hi) {
+  const __m256 sel = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));  // bit 3 -> sign bit
+  return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx), sel);
+}
+
+void rows_vector(const Gemv4bitArgs& a, int64_t r0, int64_t r1) {
+  const __m256 code_lo = _mm256_loadu_ps(a.code), code_hi = _mm256_loadu_ps(a.code + 8);
+  const __m256i low4 = _mm256_set1_epi32(0x0F);
+  const int64_t B = a.blocksize;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t row = r * a.K;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    for (int64_t pos = row, b = row / B; pos < row + a.K; ++b) {  // b: block of pos
+      const int64_t seg_end = (b + 1) * B < row + a.K ? (b + 1) * B : row + a.K;
+      const __m256 scale = _mm256_set1_ps(a.absmax[b]);
+      const __m256 lo = _mm256_mul_ps(code_lo, scale), hi = _mm256_mul_ps(code_hi, scale);
+      for (int64_t i = pos; i < seg_end; i += kChunk) {
+        const uint8_t* p = a.B + (i >> 1);
+        const float* x = a.act + (i - row);
+        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        const __m256i v0 = _mm256_cvtepu8_epi32(bytes);
+        const __m256i v1 = _mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8));
+        s0 = _mm256_fmadd_ps(lookup8(_mm256_srli_epi32(v0, 4), lo, hi), _mm256_load_ps(x), s0);
+        s1 = _mm256_fmadd_ps(lookup8(_mm256_and_si256(v0, low4), lo, hi), _mm256_load_ps(x + 8), s1);
+        s2 = _mm256_fmadd_ps(lookup8(_mm256_srli_epi32(v1, 4), lo, hi), _mm256_load_ps(x + 16), s2);
+        s3 = _mm256_fmadd_ps(lookup8(_mm256_and_si256(v1, low4), lo, hi), _mm256_load_ps(x + 24), s3);
+      }
+      pos = seg_end;
+    }
+    const __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    store_scalar(a.out, a.dtype, r, _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1))));
+  }
+}
+#elif defined(KBIT_ISA_NEON)
+constexpr bool kVectorPath = true;
+
+// Per chunk: the 16 even elements, then the 16 odd ones.
+void fill_activations(const Gemv4bitArgs& a) {
+  for (int64_t c = 0; c < a.K; c += kChunk) {
+    for (int64_t j = 0; j < 16; ++j) {
+      a.act[c + j] = load_scalar(a.A, a.dtype, c + 2 * j);
+      a.act[c + 16 + j] = load_scalar(a.A, a.dtype, c + 2 * j + 1);
+    }
+  }
+}
+
+void rows_vector(const Gemv4bitArgs& a, int64_t r0, int64_t r1) {
+  const float32x4_t c0 = vld1q_f32(a.code), c1 = vld1q_f32(a.code + 4), c2 = vld1q_f32(a.code + 8),
+                    c3 = vld1q_f32(a.code + 12);
+  const uint8x16_t byte_of = {0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3};
+  const uint8x16_t rep[4] = {{0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3},
+                             {4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7},
+                             {8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11},
+                             {12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15}};
+  const int64_t B = a.blocksize;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t row = r * a.K;
+    float32x4_t s[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+    for (int64_t pos = row, b = row / B; pos < row + a.K; ++b) {  // b: block of pos
+      const int64_t seg_end = (b + 1) * B < row + a.K ? (b + 1) * B : row + a.K;
+      const float scale = a.absmax[b];
+      uint8x16x4_t lut;
+      lut.val[0] = vreinterpretq_u8_f32(vmulq_n_f32(c0, scale));
+      lut.val[1] = vreinterpretq_u8_f32(vmulq_n_f32(c1, scale));
+      lut.val[2] = vreinterpretq_u8_f32(vmulq_n_f32(c2, scale));
+      lut.val[3] = vreinterpretq_u8_f32(vmulq_n_f32(c3, scale));
+      for (int64_t i = pos; i < seg_end; i += kChunk) {
+        const uint8x16_t bytes = vld1q_u8(a.B + (i >> 1));
+        const uint8x16_t hi = vshrq_n_u8(bytes, 4), lo = vandq_u8(bytes, vdupq_n_u8(0x0F));
+        const float* x = a.act + (i - row);
+        for (int q = 0; q < 4; ++q) {
+          const uint8x16_t ie = vaddq_u8(vshlq_n_u8(vqtbl1q_u8(hi, rep[q]), 2), byte_of);
+          const uint8x16_t io = vaddq_u8(vshlq_n_u8(vqtbl1q_u8(lo, rep[q]), 2), byte_of);
+          s[q] = vfmaq_f32(s[q], vreinterpretq_f32_u8(vqtbl4q_u8(lut, ie)), vld1q_f32(x + 4 * q));
+          s[q] = vfmaq_f32(s[q], vreinterpretq_f32_u8(vqtbl4q_u8(lut, io)), vld1q_f32(x + 16 + 4 * q));
+        }
+      }
+      pos = seg_end;
+    }
+    store_scalar(a.out, a.dtype, r, vaddvq_f32(vaddq_f32(vaddq_f32(s[0], s[1]), vaddq_f32(s[2], s[3]))));
+  }
+}
+#else
+constexpr bool kVectorPath = false;
+#endif
+
+}  // namespace
+
+void gemv_4bit(const Gemv4bitArgs& a) {
+  const bool vector = kVectorPath && a.K % kChunk == 0;
+  const int64_t min_rows = kMinWeightsPerThread / (a.K > 0 ? a.K : 1) + 1;
+#if defined(KBIT_ISA_AVX512) || defined(KBIT_ISA_AVX2) || defined(KBIT_ISA_NEON)
+  if (vector) {
+    fill_activations(a);
+    parallel_for(a.N, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int) { rows_vector(a, r0, r1); });
+    return;
+  }
+#endif
+  (void)vector;
+  to_f32(a.A, a.dtype, 0, a.K, a.act);
+  parallel_for(a.N, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int) { rows_portable(a, r0, r1); });
+}
+
+}  // namespace KBIT_NS
+}  // namespace kbit_cpu
+
+#if defined(KBIT_ISA_SCALAR)
+#include <memory>
+
+#include "status.h"
+
+KBIT_DECLARE_ISAS(void gemv_4bit(const Gemv4bitArgs& a))
+
+extern "C" int32_t kbit_cpu_gemv_4bit(const void* A, int32_t dtype, const uint8_t* B, const float* absmax,
+                                      const float* code, int64_t N, int64_t K, int32_t blocksize, void* out,
+                                      int32_t num_threads) {
+  using namespace kbit_cpu;
+  return guarded("gemv_4bit", [&] {
+    require_dtype(dtype, "A");
+    require_threads(num_threads);
+    require(N >= 0 && K >= 0, "N and K must be >= 0");
+    require(blocksize >= KBIT_FOURBIT_MIN_BLOCKSIZE && blocksize <= KBIT_FOURBIT_MAX_BLOCKSIZE &&
+                (blocksize & (blocksize - 1)) == 0,
+            "blocksize must be a power of two in [32, 4096]");
+    if (N == 0) return;
+    require(out != nullptr && code != nullptr, "out and code must not be NULL");
+    if (K == 0) {
+      for (int64_t r = 0; r < N; ++r) isa_scalar::store_scalar(out, dtype, r, 0.0f);
+      return;
+    }
+    require(A != nullptr && B != nullptr && absmax != nullptr, "A, B and absmax must not be NULL");
+    std::unique_ptr<float[]> act_storage(new float[K + 32 + 16]);
+    float* act = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(act_storage.get()) + 63) & ~uintptr_t{63});
+    const Gemv4bitArgs args{A, dtype, B, absmax, code, N, K, blocksize, out, act, num_threads};
+    KBIT_DISPATCH(gemv_4bit(args));
+  });
+}
+#endif

@@ -1,0 +1,293 @@
+// quantize_4bit.cpp — kbit::quantize_4bit: blockwise absmax, nearest NF4/FP4 code, two codes per byte.
+//
+// Bit-identical to kbit.reference.quantize_4bit: absmax = max|x| (NaN propagates), scaled =
+// clamp(x * (1 / max(absmax, 1e-38)), -1, 1) in float32, sorted position by binary search over the
+// float32 midpoints (ties to the lower code, NaN to the last), element 2i in the high nibble of byte i.
+// avx512: 32 elements per step; the sorted position comes from a grid of 32 cells (see CellSearch),
+// each 32 elements are split into even / odd vectors (bf16 and f16 pairs by a shift) whose codes
+// combine into bytes with one shift + or + vpmovdb. Other ISAs: the portable loop, compiled per ISA.
+#include "convert.h"
+#include "dispatch.h"
+#include "kbit_cpu.h"
+#include "nearest_code.h"
+#include "parallel.h"
+
+namespace kbit_cpu {
+
+struct Quantize4bitArgs {
+  const void* A;
+  int32_t dtype;
+  int64_t n;
+  int64_t blocksize;
+  int32_t quant_type;
+  uint8_t* packed;
+  float* absmax;
+  int32_t threads;
+};
+
+namespace KBIT_NS {
+namespace {
+
+constexpr int64_t kMinElementsPerThread = 1 << 15;
+
+// Codes of [begin, end) (block-local scale inv) into packed bytes; begin is even.
+void quantize_span_scalar(const Quantize4bitArgs& a, const SortedCode<16>& sc, float inv, int64_t begin, int64_t end) {
+  const uint8_t zero = a.quant_type == KBIT_CPU_NF4 ? KBIT_NF4_ZERO_CODE : KBIT_FP4_ZERO_CODE;
+  for (int64_t i = begin; i < end; i += 2) {
+    const float x0 = scale_clamp(load_scalar(a.A, a.dtype, i), inv);
+    const uint8_t c0 = sc.order[sorted_position<16>(sc.bounds, x0)];
+    uint8_t c1 = zero;
+    if (i + 1 < end) c1 = sc.order[sorted_position<16>(sc.bounds, scale_clamp(load_scalar(a.A, a.dtype, i + 1), inv))];
+    a.packed[i >> 1] = static_cast<uint8_t>((c0 << 4) | c1);
+  }
+}
+
+float block_absmax_scalar(const Quantize4bitArgs& a, int64_t begin, int64_t end) {
+  float m = 0.0f;
+  bool nan = false;
+  for (int64_t i = begin; i < end; ++i) {
+    const float x = load_scalar(a.A, a.dtype, i);
+    const float ax = x < 0.0f ? -x : x;
+    nan |= ax != ax;
+    m = ax > m ? ax : m;
+  }
+  return nan ? __builtin_nanf("") : m;
+}
+
+#if defined(KBIT_ISA_AVX512)
+// Sorted position by grid cells: the scaled range [-1, 1] is cut into 32 cells of 1/16; a cell's
+// position starts at base[cell] (boundaries below the cell) and adds one for each of its at most
+// kMaxCandidates boundaries that the value passes — two vpermt2 lookups and one compare per candidate,
+// no dependency chain. The cell of x is computed in float32 with an error far below kCellMargin, and
+// every boundary within kCellMargin of a cell's edges is one of its candidates, so the result equals
+// the binary search's for every x. NaN lands in the last cell and is clamped to the last position.
+constexpr int kCells = 32;
+// Blocks whose absmax is computed ahead of their codes (at most 4096 elements: L1-resident input).
+constexpr int64_t kChunkBlocks = 16;
+constexpr int kMaxCandidates = 3;
+constexpr float kCellMargin = 1e-6f;
+
+struct CellSearch {
+  __m512i base_lo, base_hi, order;
+  __m512 cand_lo[kMaxCandidates], cand_hi[kMaxCandidates];
+  int candidates;  // most boundaries in one cell; > kMaxCandidates: the code does not fit the grid
+  bool sorted;     // NF4: the code order is the sorted order
+  explicit CellSearch(const SortedCode<16>& sc) : candidates(0), sorted(true) {
+    alignas(64) int32_t base[kCells], o[16];
+    alignas(64) float cand[kMaxCandidates][kCells];
+    for (int j = 0; j < kCells; ++j) {
+      const float lo = -1.0f + static_cast<float>(j) / 16.0f, hi = lo + 1.0f / 16.0f;
+      int below = 0, c = 0;
+      for (int k = 0; k < 15; ++k) {
+        if (sc.bounds[k] < lo - kCellMargin) {
+          ++below;
+        } else if (sc.bounds[k] <= hi + kCellMargin) {
+          if (c < kMaxCandidates) cand[c][j] = sc.bounds[k];
+          ++c;
+        }
+      }
+      for (int q = c; q < kMaxCandidates; ++q) cand[q][j] = __builtin_inff();  // never passed (NaN aside)
+      base[j] = below;
+      candidates = c > candidates ? c : candidates;
+    }
+    // The unclamped grid lookup (quantize_blocks_t) needs every boundary strictly inside (-1, 1).
+    if (!(sc.bounds[0] > -1.0f && sc.bounds[14] < 1.0f)) candidates = kMaxCandidates + 1;
+    for (int j = 0; j < 16; ++j) {
+      o[j] = sc.order[j];
+      sorted &= sc.order[j] == j;
+    }
+    base_lo = _mm512_load_si512(base);
+    base_hi = _mm512_load_si512(base + 16);
+    order = _mm512_load_si512(o);
+    for (int q = 0; q < kMaxCandidates; ++q) {
+      cand_lo[q] = _mm512_load_ps(cand[q]);
+      cand_hi[q] = _mm512_load_ps(cand[q] + 16);
+    }
+  }
+  // Code of each lane of the scaled values s (NC >= candidates).
+  template <int NC>
+  __m512i codes(__m512 s) const {
+    const __m512 sixteen = _mm512_set1_ps(16.0f);
+    const __m512i cell = _mm512_min_epu32(_mm512_cvttps_epi32(_mm512_fmadd_ps(s, sixteen, sixteen)),
+                                          _mm512_set1_epi32(kCells - 1));
+    __m512i p = _mm512_permutex2var_epi32(base_lo, cell, base_hi);
+    for (int q = 0; q < NC; ++q) {
+      const __m512 b = _mm512_permutex2var_ps(cand_lo[q], cell, cand_hi[q]);
+      p = _mm512_mask_add_epi32(p, _mm512_cmp_ps_mask(b, s, _CMP_NGE_UQ), p, _mm512_set1_epi32(1));
+    }
+    p = _mm512_min_epi32(p, _mm512_set1_epi32(15));
+    return sorted ? p : _mm512_permutexvar_epi32(p, order);
+  }
+};
+
+
+// Codes of the 16 even and the 16 odd elements of 32 -> 16 bytes, element 2i in the high nibble.
+inline __m128i pack32(__m512i even, __m512i odd) {
+  return _mm512_cvtepi32_epi8(_mm512_or_si512(_mm512_slli_epi32(even, 4), odd));
+}
+
+// Elements i, i+2, ..., i+30 (even) and i+1, ..., i+31 (odd) as float32: a bf16 / f16 pair is one
+// 32-bit lane, so the split is a shift or a narrowing move; float32 takes two vpermt2ps.
+template <int32_t DT>
+inline void load32_split(const void* A, int64_t i, __m512& even, __m512& odd) {
+  if (DT == KBIT_CPU_BF16) {
+    const __m512i v = _mm512_loadu_si512(static_cast<const uint16_t*>(A) + i);
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    odd = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u))));
+  } else if (DT == KBIT_CPU_F16) {
+    const __m512i v = _mm512_loadu_si512(static_cast<const uint16_t*>(A) + i);
+    even = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v));
+    odd = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(v, 16)));
+  } else {
+    const float* x = static_cast<const float*>(A) + i;
+    const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+    const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    even = _mm512_permutex2var_ps(v0, idx, v1);
+    odd = _mm512_permutex2var_ps(v0, _mm512_add_epi32(idx, _mm512_set1_epi32(1)), v1);
+  }
+}
+
+// max|x| of [begin, end) on the raw bits: with the sign cleared, unsigned integer order is float order
+// and every NaN is above infinity, so an integer max propagates NaN the way torch's amax does.
+// bf16 and f16 need no conversion: 32 halves per 64-byte load. DT: the input dtype tag.
+template <int32_t DT>
+float block_absmax(const Quantize4bitArgs& a, int64_t begin, int64_t end) {
+  if (DT == KBIT_CPU_F32) {
+    const float* x = static_cast<const float*>(a.A);
+    const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
+    __m512i m = _mm512_setzero_si512();
+    int64_t i = begin;
+    for (; i + 16 <= end; i += 16) m = _mm512_max_epu32(m, _mm512_and_si512(_mm512_loadu_si512(x + i), abs_mask));
+    if (i < end) m = _mm512_max_epu32(m, _mm512_and_si512(_mm512_maskz_loadu_epi32(tail_mask16(end - i), x + i), abs_mask));
+    return bits_f32(_mm512_reduce_max_epu32(m));  // NaN bits stay NaN
+  }
+  const uint16_t* x = static_cast<const uint16_t*>(a.A);
+  const __m512i abs_mask = _mm512_set1_epi16(0x7FFF);
+  __m512i m = _mm512_setzero_si512();
+  int64_t i = begin;
+  for (; i + 32 <= end; i += 32) m = _mm512_max_epu16(m, _mm512_and_si512(_mm512_loadu_si512(x + i), abs_mask));
+  if (i < end) {
+    const __mmask32 t = end - i >= 32 ? ~__mmask32{0} : ((__mmask32{1} << (end - i)) - 1);
+    m = _mm512_max_epu16(m, _mm512_and_si512(_mm512_maskz_loadu_epi16(t, x + i), abs_mask));
+  }
+  // Fold 32 halves to one: the high and low half of every 32-bit lane, then across lanes.
+  const __m512i lanes = _mm512_max_epu16(m, _mm512_srli_epi32(m, 16));
+  const uint16_t top = static_cast<uint16_t>(_mm512_reduce_max_epu32(_mm512_and_si512(lanes, _mm512_set1_epi32(0xFFFF))));
+  return DT == KBIT_CPU_BF16 ? bf16_to_f32(top) : f16_to_f32(top);
+}
+
+template <int32_t DT, int NC>
+void quantize_blocks_t(const Quantize4bitArgs& a, const SortedCode<16>& sc, const CellSearch& shared, int64_t b0,
+                       int64_t b1) {
+  // Locals, so that the byte stores below (which may alias anything) do not force reloads.
+  const CellSearch search = shared;
+  const void* A = a.A;
+  uint8_t* packed = a.packed;
+  const int64_t n = a.n, bs = a.blocksize;
+  // Absmax of a chunk of blocks first, then its codes: the reductions and divisions of one block do
+  // not stall the coding of the next.
+  for (int64_t c0 = b0; c0 < b1; c0 += kChunkBlocks) {
+    const int64_t c1 = c0 + kChunkBlocks < b1 ? c0 + kChunkBlocks : b1;
+    for (int64_t b = c0; b < c1; ++b) {
+      const int64_t begin = b * bs;
+      a.absmax[b] = block_absmax<DT>(a, begin, begin + bs < n ? begin + bs : n);
+    }
+    for (int64_t b = c0; b < c1; ++b) {
+      const int64_t begin = b * bs;
+      const int64_t end = begin + bs < n ? begin + bs : n;
+      const float inv_s = inverse_scale(a.absmax[b]);
+      const __m512 inv = _mm512_set1_ps(inv_s);
+      int64_t i = begin;
+      for (; i + 32 <= end; i += 32) {
+        __m512 e, o;
+        load32_split<DT>(A, i, e, o);
+        // No clamp to [-1, 1] needed: |x * inv| <= 1 + 1 ulp within a block (NaN aside), and the grid
+        // maps 1 + ulp to the last position and -1 - ulp to the first, as the clamped values.
+        const __m512i ce = search.codes<NC>(_mm512_mul_ps(e, inv)), co = search.codes<NC>(_mm512_mul_ps(o, inv));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(packed + (i >> 1)), pack32(ce, co));
+      }
+      if (i < end) quantize_span_scalar(a, sc, inv_s, i, end);
+    }
+  }
+}
+
+template <int32_t DT>
+void quantize_blocks_dt(const Quantize4bitArgs& a, const SortedCode<16>& sc, const CellSearch& search, int64_t b0,
+                        int64_t b1) {
+  if (search.candidates <= 1) {
+    quantize_blocks_t<DT, 1>(a, sc, search, b0, b1);
+  } else if (search.candidates == 2) {
+    quantize_blocks_t<DT, 2>(a, sc, search, b0, b1);
+  } else {
+    quantize_blocks_t<DT, kMaxCandidates>(a, sc, search, b0, b1);
+  }
+}
+
+void quantize_blocks(const Quantize4bitArgs& a, const SortedCode<16>& sc, int64_t b0, int64_t b1) {
+  const CellSearch search(sc);
+  if (search.candidates > kMaxCandidates) {  // not for NF4 / FP4; kept exact for any table
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t begin = b * a.blocksize;
+      const int64_t end = begin + a.blocksize < a.n ? begin + a.blocksize : a.n;
+      const float amax = block_absmax_scalar(a, begin, end);
+      a.absmax[b] = amax;
+      quantize_span_scalar(a, sc, inverse_scale(amax), begin, end);
+    }
+    return;
+  }
+  switch (a.dtype) {
+    case KBIT_CPU_F16: quantize_blocks_dt<KBIT_CPU_F16>(a, sc, search, b0, b1); break;
+    case KBIT_CPU_BF16: quantize_blocks_dt<KBIT_CPU_BF16>(a, sc, search, b0, b1); break;
+    default: quantize_blocks_dt<KBIT_CPU_F32>(a, sc, search, b0, b1); break;
+  }
+}
+#else
+void quantize_blocks(const Quantize4bitArgs& a, const SortedCode<16>& sc, int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t begin = b * a.blocksize;
+    const int64_t end = begin + a.blocksize < a.n ? begin + a.blocksize : a.n;
+    const float amax = block_absmax_scalar(a, begin, end);
+    a.absmax[b] = amax;
+    quantize_span_scalar(a, sc, inverse_scale(amax), begin, end);
+  }
+}
+#endif
+
+}  // namespace
+
+void quantize_4bit(const Quantize4bitArgs& a) {
+  static const float kNf4[16] = KBIT_NF4_CODE_INIT;
+  static const float kFp4[16] = KBIT_FP4_CODE_INIT;
+  SortedCode<16> sc;
+  sort_code<16>(a.quant_type == KBIT_CPU_NF4 ? kNf4 : kFp4, sc);
+  const int64_t nb = (a.n + a.blocksize - 1) / a.blocksize;
+  const int64_t min_blocks = kMinElementsPerThread / a.blocksize + 1;
+  parallel_for(nb, 1, min_blocks, a.threads, [&](int64_t b0, int64_t b1, int, int) { quantize_blocks(a, sc, b0, b1); });
+}
+
+}  // namespace KBIT_NS
+}  // namespace kbit_cpu
+
+#if defined(KBIT_ISA_SCALAR)
+#include "status.h"
+
+KBIT_DECLARE_ISAS(void quantize_4bit(const Quantize4bitArgs& a))
+
+extern "C" int32_t kbit_cpu_quantize_4bit(const void* A, int32_t dtype, int64_t n, int32_t blocksize,
+                                          int32_t quant_type, uint8_t* packed, float* absmax, int32_t num_threads) {
+  using namespace kbit_cpu;
+  return guarded("quantize_4bit", [&] {
+    require_dtype(dtype, "A");
+    require_threads(num_threads);
+    require(n >= 0, "n must be >= 0");
+    require(blocksize >= KBIT_FOURBIT_MIN_BLOCKSIZE && blocksize <= KBIT_FOURBIT_MAX_BLOCKSIZE &&
+                (blocksize & (blocksize - 1)) == 0,
+            "blocksize must be a power of two in [32, 4096]");
+    require(quant_type == KBIT_CPU_NF4 || quant_type == KBIT_CPU_FP4, "quant_type must be KBIT_CPU_NF4 or KBIT_CPU_FP4");
+    if (n == 0) return;
+    require(A != nullptr && packed != nullptr && absmax != nullptr, "A, packed and absmax must not be NULL");
+    const Quantize4bitArgs args{A, dtype, n, blocksize, quant_type, packed, absmax, num_threads};
+    KBIT_DISPATCH(quantize_4bit(args));
+  });
+}
+#endif

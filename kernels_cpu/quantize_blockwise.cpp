@@ -1,0 +1,127 @@
+// quantize_blockwise.cpp — kbit::quantize_blockwise: blockwise absmax + nearest of a 256-entry code, 1 byte each.
+//
+// Bit-identical to kbit.reference.quantize_blockwise for any blocksize > 0 and any code order: the
+// code is stable-sorted once per call, the sorted position found by binary search over the float32
+// midpoints (ties to the lower code, NaN to the last) and mapped back to the code index.
+// avx512: 16 lanes; the first four search steps read a 16-entry table of every 16th boundary with
+// vpermps, the last four gather from the full boundary table; the order gather is skipped when the
+// code is already sorted (the dynamic maps are). other ISAs: the portable loop.
+#include "convert.h"
+#include "dispatch.h"
+#include "kbit_cpu.h"
+#include "nearest_code.h"
+#include "parallel.h"
+
+namespace kbit_cpu {
+
+struct QuantizeBlockwiseArgs {
+  const void* A;
+  int32_t dtype;
+  int64_t n;
+  const float* code;  // 256 floats
+  int64_t blocksize;
+  uint8_t* out;
+  float* absmax;
+  int32_t threads;
+};
+
+namespace KBIT_NS {
+namespace {
+
+constexpr int64_t kMinElementsPerThread = 1 << 15;
+
+float span_absmax(const QuantizeBlockwiseArgs& a, int64_t begin, int64_t end) {
+  float m = 0.0f;
+  bool nan = false;
+  int64_t i = begin;
+#if defined(KBIT_ISA_AVX512)
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  __m512 mv = _mm512_setzero_ps();
+  __mmask16 nanv = 0;
+  for (; i < end; i += 16) {
+    const __mmask16 t = tail_mask16(end - i);
+    const __m512 ax = _mm512_andnot_ps(sign, load16_masked(a.A, a.dtype, i, t));
+    nanv |= _mm512_cmp_ps_mask(ax, ax, _CMP_UNORD_Q);
+    mv = _mm512_max_ps(ax, mv);
+  }
+  m = _mm512_reduce_max_ps(mv);
+  nan = nanv != 0;
+#endif
+  for (; i < end; ++i) {
+    const float x = load_scalar(a.A, a.dtype, i);
+    const float ax = x < 0.0f ? -x : x;
+    nan |= ax != ax;
+    m = ax > m ? ax : m;
+  }
+  return nan ? __builtin_nanf("") : m;
+}
+
+#if defined(KBIT_ISA_AVX512)
+void quantize_blocks(const QuantizeBlockwiseArgs& a, const SortedCode<256>& sc, int64_t b0, int64_t b1) {
+  const Search256 search(sc);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t begin = b * a.blocksize;
+    const int64_t end = begin + a.blocksize < a.n ? begin + a.blocksize : a.n;
+    const float amax = span_absmax(a, begin, end);
+    a.absmax[b] = amax;
+    const __m512 inv = _mm512_set1_ps(inverse_scale(amax));
+    const __m512 one = _mm512_set1_ps(1.0f), minus_one = _mm512_set1_ps(-1.0f);
+    for (int64_t i = begin; i < end; i += 16) {
+      const __mmask16 t = tail_mask16(end - i);
+      const __m512 s = _mm512_max_ps(minus_one, _mm512_min_ps(one, _mm512_mul_ps(load16_masked(a.A, a.dtype, i, t), inv)));
+      _mm_mask_storeu_epi8(a.out + i, t, _mm512_cvtepi32_epi8(search.codes(s)));
+    }
+  }
+}
+#else
+void quantize_span_scalar(const QuantizeBlockwiseArgs& a, const SortedCode<256>& sc, float inv, int64_t begin,
+                          int64_t end) {
+  for (int64_t i = begin; i < end; ++i)
+    a.out[i] = sc.order[sorted_position<256>(sc.bounds, scale_clamp(load_scalar(a.A, a.dtype, i), inv))];
+}
+
+void quantize_blocks(const QuantizeBlockwiseArgs& a, const SortedCode<256>& sc, int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t begin = b * a.blocksize;
+    const int64_t end = begin + a.blocksize < a.n ? begin + a.blocksize : a.n;
+    const float amax = span_absmax(a, begin, end);
+    a.absmax[b] = amax;
+    quantize_span_scalar(a, sc, inverse_scale(amax), begin, end);
+  }
+}
+#endif
+
+}  // namespace
+
+void quantize_blockwise(const QuantizeBlockwiseArgs& a) {
+  SortedCode<256> sc;
+  sort_code<256>(a.code, sc);
+  const int64_t nb = (a.n + a.blocksize - 1) / a.blocksize;
+  const int64_t min_blocks = kMinElementsPerThread / a.blocksize + 1;
+  parallel_for(nb, 1, min_blocks, a.threads, [&](int64_t b0, int64_t b1, int, int) { quantize_blocks(a, sc, b0, b1); });
+}
+
+}  // namespace KBIT_NS
+}  // namespace kbit_cpu
+
+#if defined(KBIT_ISA_SCALAR)
+#include "status.h"
+
+KBIT_DECLARE_ISAS(void quantize_blockwise(const QuantizeBlockwiseArgs& a))
+
+extern "C" int32_t kbit_cpu_quantize_blockwise(const void* A, int32_t dtype, int64_t n, const float* code,
+                                               int64_t blocksize, uint8_t* out, float* absmax, int32_t num_threads) {
+  using namespace kbit_cpu;
+  return guarded("quantize_blockwise", [&] {
+    require_dtype(dtype, "A");
+    require_threads(num_threads);
+    require(n >= 0, "n must be >= 0");
+    require(blocksize > 0, "blocksize must be > 0");
+    if (n == 0) return;
+    require(A != nullptr && code != nullptr && out != nullptr && absmax != nullptr,
+            "A, code, out and absmax must not be NULL");
+    const QuantizeBlockwiseArgs args{A, dtype, n, code, blocksize, out, absmax, num_threads};
+    KBIT_DISPATCH(quantize_blockwise(args));
+  });
+}
+#endif

@@ -1,0 +1,254 @@
+"""``python -m kbit bench``: time kbit's CPU ops for the reference and every loaded CPU backend.
+
+Every provider runs on the same inputs (NF4, blocksize 64, bf16 activations; LLM shapes 4096x4096,
+11008x4096, 4096x11008 at batch 1, 8 and 32; ``--quick``: 1024x1024). Each row reports the median
+time of repeated calls, the bytes the op must move per call divided by that time (GB/s), the speed-up
+over dense torch bf16 ``x @ W.T`` at the same batch (matmul rows) or over ``torch.optim.Adam`` (the
+8-bit Adam step), and the fraction of the machine's copy bandwidth (measured in the same run with a
+large ``Tensor.copy_``) that the GB/s figure reaches. Dequantize rows use the ``.out`` overloads, so
+they time the kernel rather than the allocation of a fresh output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from . import backends, formats
+from .functional.codebooks import create_dynamic_map
+
+SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
+QUICK_SHAPES = [(1024, 1024)]
+BATCHES = [1, 8, 32]
+BLOCKSIZE = 64
+BLOCKWISE_BLOCKSIZE = 4096
+QUANT_TYPE = "nf4"
+ACT_DTYPE = torch.bfloat16
+ADAM_PARAMS = 4 * 2**20
+QUICK_ADAM_PARAMS = 2**18
+COPY_BYTES = 256 * 2**20
+QUICK_COPY_BYTES = 32 * 2**20
+#: Time budget per measurement (seconds) and bounds on its repeat count.
+MIN_SECONDS = 0.25
+MIN_REPEATS, MAX_REPEATS = 3, 50
+
+OPS = ("quantize_4bit", "dequantize_4bit", "gemv_4bit", "gemm_4bit", "quantize_blockwise", "dequantize_blockwise", "adam8bit")
+
+
+@dataclasses.dataclass
+class Row:
+    op: str
+    shape: str
+    batch: int | None
+    provider: str
+    ms: float
+    gbps: float | None = None
+    vs_dense: float | None = None
+    vs_copy: float | None = None
+
+
+def median_seconds(fn: Callable[[], object], max_repeats: int = MAX_REPEATS) -> float:
+    """Median wall time of ``fn`` after one warm-up call; repeats until MIN_SECONDS or max_repeats."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < MIN_REPEATS or (len(times) < max_repeats and time.perf_counter() - start < MIN_SECONDS):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(nbytes: int) -> float:
+    """GB/s of a large float32 ``copy_`` (read + write bytes)."""
+    src = torch.ones(nbytes // 4)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / median_seconds(lambda: dst.copy_(src)) / 1e9
+
+
+def nbytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class Bench:
+    def __init__(self, quick: bool, ops: set[str]):
+        self.quick, self.ops = quick, ops
+        self.rows: list[Row] = []
+        self.providers = backends.kernels_for("cpu")
+        self.copy_gbps = copy_bandwidth(QUICK_COPY_BYTES if quick else COPY_BYTES)
+
+    def record(self, op, shape, batch, provider, seconds, moved=None, dense=None):
+        gbps = moved / seconds / 1e9 if moved else None
+        self.rows.append(Row(
+            op, shape, batch, provider, seconds * 1e3, gbps,
+            dense / seconds if dense else None, gbps / self.copy_gbps if gbps else None,
+        ))
+
+    def each(self, op: str, kernel_op: str, shape: str, batch, args, moved=None, dense=None, max_repeats=MAX_REPEATS):
+        for name, kernels in self.providers:
+            fn = kernels.get(kernel_op)
+            if fn is None:
+                continue
+            try:
+                seconds = median_seconds(lambda: fn(*args), max_repeats)
+            except backends.Unsupported:
+                continue
+            self.record(op, shape, batch, name, seconds, moved, dense)
+
+    def weights(self, N: int, K: int) -> None:
+        shape = f"{N}x{K}"
+        W = torch.randn(N, K, dtype=ACT_DTYPE) / K**0.5
+        packed, absmax = torch.ops.kbit.quantize_4bit(W, BLOCKSIZE, QUANT_TYPE, torch.uint8)
+        code = formats.code_4bit(QUANT_TYPE)
+        if "quantize_4bit" in self.ops:
+            self.each("quantize_4bit", "quantize_4bit", shape, None, (W, BLOCKSIZE, QUANT_TYPE, torch.uint8),
+                      moved=nbytes(W, packed, absmax), max_repeats=10)
+        if "dequantize_4bit" in self.ops:
+            out = torch.empty(N, K, dtype=ACT_DTYPE)
+            self.each("dequantize_4bit", "dequantize_4bit.out", shape, None,
+                      (packed, absmax, BLOCKSIZE, QUANT_TYPE, [N, K], ACT_DTYPE, out), moved=nbytes(packed, absmax, out))
+        for M in BATCHES if self.ops & {"gemv_4bit", "gemm_4bit"} else []:
+            x = torch.randn(M, K, dtype=ACT_DTYPE)
+            dense = median_seconds(lambda: x @ W.T)
+            self.record("dense bf16 x @ W.T", shape, M, "torch", dense, moved=nbytes(W, x) + M * N * 2, dense=dense)
+            moved = nbytes(packed, absmax, x) + M * N * 2
+            if M == 1 and "gemv_4bit" in self.ops:
+                self.each("gemv_4bit", "gemv_4bit", shape, M, (x, packed, [N, K], absmax, code, BLOCKSIZE), moved, dense)
+            if "gemm_4bit" in self.ops:
+                self.each("gemm_4bit", "gemm_4bit", shape, M, (x, packed, [N, K], absmax, BLOCKSIZE, QUANT_TYPE),
+                          moved, dense, max_repeats=10)
+        if self.ops & {"quantize_blockwise", "dequantize_blockwise"}:
+            dyn = create_dynamic_map()
+            q, qabsmax = torch.ops.kbit.quantize_blockwise(W, dyn, BLOCKWISE_BLOCKSIZE)
+            if "quantize_blockwise" in self.ops:
+                self.each("quantize_blockwise", "quantize_blockwise", shape, None, (W, dyn, BLOCKWISE_BLOCKSIZE),
+                          moved=nbytes(W, q, qabsmax), max_repeats=10)
+            if "dequantize_blockwise" in self.ops:
+                out = torch.empty(N, K, dtype=ACT_DTYPE)
+                self.each("dequantize_blockwise", "dequantize_blockwise.out", shape, None,
+                          (q, qabsmax, dyn, BLOCKWISE_BLOCKSIZE, ACT_DTYPE, out), moved=nbytes(q, qabsmax, out))
+
+    def adam8bit(self) -> None:
+        n = QUICK_ADAM_PARAMS if self.quick else ADAM_PARAMS
+        shape = f"{n} params"
+        p = torch.nn.Parameter(torch.randn(n) * 0.1)
+        p.grad = torch.randn(n) * 0.01
+        opt = torch.optim.Adam([p], lr=1e-3)
+        adam = median_seconds(opt.step)
+        self.record("torch.optim.Adam step (f32)", shape, None, "torch", adam, nbytes(p, p.grad) + 4 * 4 * n, adam)
+        nb = formats.num_blocks(n, formats.OPTIMIZER_BLOCKSIZE)
+        g, w = p.grad.detach().clone(), p.detach().clone()
+        s1, s2 = torch.zeros(n, dtype=torch.uint8), torch.zeros(n, dtype=torch.uint8)
+        a1, a2 = torch.zeros(nb), torch.zeros(nb)
+        q1, q2 = create_dynamic_map(True), create_dynamic_map(False)
+        args = ("adam", g, w, s1, s2, 0.9, 0.999, 0.0, 0.0, 1e-8, 1, 1e-3, q1, q2, a1, a2, 0.0, 1.0, False)
+        moved = nbytes(g) + 2 * nbytes(w, s1, s2, a1, a2)
+        self.each("optimizer_update_8bit_blockwise adam", "optimizer_update_8bit_blockwise", shape, None, args,
+                  moved, adam, max_repeats=10)
+
+    def run(self) -> None:
+        for N, K in QUICK_SHAPES if self.quick else SHAPES:
+            if self.ops - {"adam8bit"}:
+                self.weights(N, K)
+        if "adam8bit" in self.ops:
+            self.adam8bit()
+
+
+def _fmt(v, spec: str) -> str:
+    return "" if v is None else format(v, spec)
+
+
+def table(bench: Bench) -> str:
+    head = f"{'op':<38}{'shape':<14}{'batch':>6}  {'provider':<10}{'ms':>10}{'GB/s':>9}{'x dense':>9}{'x copy':>8}"
+    lines = [f"copy bandwidth: {bench.copy_gbps:.1f} GB/s (float32 Tensor.copy_)", "", head, "-" * len(head)]
+    for r in bench.rows:
+        lines.append(
+            f"{r.op:<38}{r.shape:<14}{_fmt(r.batch, 'd'):>6}  {r.provider:<10}{r.ms:>10.3f}{_fmt(r.gbps, '.1f'):>9}"
+            f"{_fmt(r.vs_dense, '.2f'):>9}{_fmt(r.vs_copy, '.2f'):>8}"
+        )
+    lines.append("")
+    lines.append("x dense: speed-up over dense bf16 x @ W.T at the same batch (Adam: over torch.optim.Adam); "
+                 "x copy: GB/s as a fraction of the copy bandwidth")
+    return "\n".join(lines)
+
+
+def environment() -> dict:
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "providers": [name for name, _ in backends.kernels_for("cpu")],
+    }
+    status = backends.STATUS.get("cpu")
+    if status is not None and status.loaded:
+        try:
+            import kbit_cpu
+
+            info["kbit_cpu"] = kbit_cpu.info()
+        except (ImportError, RuntimeError) as exc:
+            info["kbit_cpu"] = f"unavailable: {exc}"
+    return info
+
+
+def plot(bench: Bench, path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"kbit bench: --plot {path} needs matplotlib, which is not installed (pip install matplotlib); "
+              "the table and --json output are unaffected", file=sys.stderr)
+        return False
+    rows = [r for r in bench.rows if r.provider not in ("torch",) and (r.vs_dense or r.vs_copy)]
+    labels = [f"{r.op} {r.shape}" + (f" b{r.batch}" if r.batch else "") + f" [{r.provider}]" for r in rows]
+    values = [r.vs_dense if r.vs_dense is not None else r.vs_copy for r in rows]
+    fig, ax = plt.subplots(figsize=(10, max(3, 0.3 * len(rows))))
+    ax.barh(range(len(rows)), values, color=["tab:blue" if r.vs_dense is not None else "tab:orange" for r in rows])
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up over dense bf16 / torch Adam (blue) or fraction of copy bandwidth (orange)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kbit bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes (1024x1024, 256K-parameter Adam)")
+    parser.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows and the environment as JSON")
+    parser.add_argument("--plot", metavar="PATH", help="also draw the ratios as a PNG (needs matplotlib)")
+    args = parser.parse_args(argv)
+    ops = {o.strip() for o in args.ops.split(",") if o.strip()}
+    unknown = ops - set(OPS)
+    if unknown:
+        parser.error(f"--ops: unknown {sorted(unknown)}; choose from {', '.join(OPS)}")
+    import kbit  # noqa: F401  (loads the backends)
+
+    bench = Bench(args.quick, ops)
+    bench.run()
+    print(table(bench))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": environment(), "copy_gbps": bench.copy_gbps,
+                       "rows": [dataclasses.asdict(r) for r in bench.rows]}, f, indent=2)
+    if args.plot and not plot(bench, args.plot):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
