@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-#: The interop fixtures written by bitsandbytes 0.50.2 (../shared/fixtures beside the repository).
-FIXTURES = Path(os.environ.get("KBIT_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+#: The interop fixtures written by bitsandbytes 0.50.2 (tests/fixtures; KBIT_FIXTURES points elsewhere).
+FIXTURES = Path(os.environ.get("KBIT_FIXTURES", Path(__file__).resolve().parent / "fixtures"))
 
 
 def load_fixture(name: str) -> dict[str, torch.Tensor]:

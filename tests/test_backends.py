@@ -142,6 +142,13 @@ def install(root: Path, entry_points: dict[str, str]) -> Path:
     return root
 
 
+def installed_backends() -> list[str]:
+    """Entry point names of the backend wheels installed in this environment."""
+    from kbit import backends
+
+    return sorted({ep.name for ep in metadata.entry_points(group=backends.ENTRY_POINT_GROUP)})
+
+
 def run_kbit(root: Path, env: dict[str, str] | None = None, expect_ok: bool = True):
     """Import kbit in a fresh interpreter that sees the distribution in ``root``; run :data:`PROBE`.
 
@@ -152,6 +159,10 @@ def run_kbit(root: Path, env: dict[str, str] | None = None, expect_ok: bool = Tr
     paths = [str(root), _kbit_root(), child_env.get("PYTHONPATH", "")]
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     child_env.update(env or {})
+    # Backend wheels installed in this environment (kbit-cpu, ...) would join every scenario; the
+    # scenarios are about the test distribution alone, so the real ones are switched off.
+    disabled = [child_env["KBIT_DISABLE"]] if "KBIT_DISABLE" in child_env else []
+    child_env["KBIT_DISABLE"] = ",".join(disabled + installed_backends())
     proc = subprocess.run(
         [sys.executable, "-c", PROBE], env=child_env, cwd=root, capture_output=True, text=True, timeout=120
     )

@@ -1,4 +1,4 @@
-"""Interop: kbit reproduces the tensors bitsandbytes 0.50.2 wrote (../shared/fixtures)."""
+"""Interop: kbit reproduces the tensors bitsandbytes 0.50.2 wrote (tests/fixtures)."""
 
 from __future__ import annotations
 

@@ -32,13 +32,13 @@ def test_qlora_trains_saves_reloads_and_generates(tmp_path):
     data = encode("kbit runs four bit models on any device. " * 20)
     stream = batches(data, seq_len=32, batch_size=8, generator=torch.Generator().manual_seed(0))
     losses = []
-    for _ in range(30):
+    for _ in range(60):  # LoRA alone on a random base: the loss falls steadily, about 5.6 -> 3.2
         loss = model.loss(next(stream))
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    assert sum(losses[-5:]) / 5 < 0.65 * sum(losses[:5]) / 5
     for n, p in model.named_parameters():
         if n in frozen:
             assert torch.equal(p, frozen[n]), f"{n} changed although frozen"

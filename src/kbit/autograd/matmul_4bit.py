@@ -12,15 +12,15 @@ from ..functional.quant_state import QuantState
 
 
 class MatMul4Bit(torch.autograd.Function):
-    """Forward: dequantize + linear. Backward: grad_A = grad_out @ W, grad_bias = sum over leading dims.
+    """Forward: the gemm_4bit op (as without autograd). Backward: grad_A = grad_out @ W,
+    grad_bias = sum over leading dims.
 
     The weight gets no gradient: it is frozen.
     """
 
     @staticmethod
     def forward(ctx, A, B, out, bias, quant_state):
-        W = dequantize_4bit(B, quant_state).to(A.dtype)
-        output = torch.nn.functional.linear(A, W, bias.to(A.dtype) if bias is not None else None)
+        output = _gemm(A, B, quant_state, bias) if A.numel() else A.new_empty((*A.shape[:-1], quant_state.shape[0]))
         ctx.quant_state = quant_state
         ctx.save_for_backward(B)
         ctx.bias_dtype = bias.dtype if bias is not None else None
