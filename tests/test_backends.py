@@ -381,3 +381,46 @@ def test_import_without_backends_touches_no_device_and_serves_reference():
     for op in _ops.OP_NAMES:
         assert backends.provider(op, "cpu") == "reference", op
     assert "reference" in kbit.backends.report()
+
+
+# Runs in a child as if no backend wheel were installed: the kbit.backends entry point group is hidden
+# from importlib.metadata before kbit is imported.
+NO_WHEELS_PROBE = r'''
+import json
+from importlib import metadata
+
+_real = metadata.entry_points
+
+
+def entry_points(**params):
+    if params.get("group") == "kbit.backends":
+        return metadata.EntryPoints(())
+    return _real(**params)
+
+
+metadata.entry_points = entry_points
+import torch
+import kbit
+from kbit import _ops, backends
+
+print(json.dumps({
+    "status": {n: s.loaded for n, s in backends.STATUS.items()},
+    "resolved": {f"{op}/{dev}": v for (op, dev), v in backends.RESOLVED.items()},
+    "providers": {op: backends.provider(op, "cpu") for op in _ops.OP_NAMES},
+    "report": backends.report(),
+    "cuda_initialized": torch.cuda.is_initialized(),
+}))
+'''
+
+
+def test_import_with_no_backend_wheel_serves_reference_and_touches_no_device(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("KBIT_BACKENDS", "KBIT_DISABLE")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_kbit_root(), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run([sys.executable, "-c", NO_WHEELS_PROBE], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["cuda_initialized"] is False
+    assert out["status"] == {"reference": True}
+    assert out["resolved"] == {}
+    assert set(out["providers"].values()) == {"reference"}, out["providers"]
+    assert "reference" in out["report"]
