@@ -17,8 +17,11 @@ from . import functional  # noqa: E402
 from . import nn  # noqa: E402
 from . import optim  # noqa: E402
 from . import utils  # noqa: E402
+from . import integrations  # noqa: E402  (imports none of the integrated libraries)
 from .autograd import matmul_4bit  # noqa: E402
 from .autograd.matmul_8bit import MatmulLtState, matmul  # noqa: E402
+
+integrations.install_transformers_hook()  # registers quant_method "kbit" once transformers loads
 
 features = {"multi_backend"}
 supported_torch_devices = {"cpu", "cuda", "xpu", "hpu", "npu", "mps"}
