@@ -74,7 +74,7 @@ class MatMul8bitLt(torch.autograd.Function):
             return torch.empty(*A.shape[:-1], N, dtype=A.dtype, device=A.device)
         ctx.empty = False
         input_dtype = A.dtype
-        if input_dtype != torch.float16:
+        if input_dtype != torch.float16 and not torch.compiler.is_compiling():  # dynamo cannot trace logging
             log.debug("kbit.matmul: inputs will be cast from %s to float16 during quantization", input_dtype)
         A2 = A.reshape(-1, A.shape[-1]).to(torch.float16)
         CA, SCA, outlier_cols = F8.int8_vectorwise_quant(A2, threshold=state.threshold)

@@ -48,23 +48,35 @@ class Linear4bit(torch.nn.Linear):
     def set_compute_type(self, x: torch.Tensor) -> None:
         if x.dtype in (torch.float32, torch.bfloat16):
             self.compute_dtype = x.dtype
-        elif x.dtype == torch.float16 and self.compute_dtype in (None, torch.float32):
+        elif x.dtype == torch.float16 and self.compute_dtype in (None, torch.float32) and not torch.compiler.is_compiling():
             tail = "slow inference." if x.numel() == x.shape[-1] else "slow inference or training speed."
             log.warning("Input type into Linear4bit is torch.float16, but bnb_4bit_compute_dtype=torch.float32 (default). This will lead to %s", tail)
 
-    def _ensure_quantized(self) -> None:
+    def _ensure_quantized(self) -> QuantState:
+        """Quantize a still-float weight; return the QuantState to multiply with.
+
+        The weight may have lost its QuantState (a wrapper rebuilt the Params4bit) or may not be a
+        Params4bit at all: under FSDP2 it is a plain Parameter of the all-gathered packed bytes, or a
+        ``kbit.integrations.fsdp.FSDP4bitWeight``. Then the module's ``quant_state`` (kept in sync by
+        Params4bit) is the authority.
+        """
         w = self.weight
         if not isinstance(w, Params4bit):
-            raise TypeError(f"kbit.nn.Linear4bit: weight must be a Params4bit, got {type(w).__name__}")
+            qs = getattr(w, "quant_state", None)
+            qs = self.quant_state if qs is None else qs
+            if qs is None:
+                raise TypeError(f"kbit.nn.Linear4bit: weight must be a Params4bit (or packed 4-bit data with module.quant_state set), got {type(w).__name__}")
+            return qs
         if not w.bnb_quantized:
             if w.device.type == "meta":
                 raise RuntimeError("kbit.nn.Linear4bit: the weight is on the meta device; load a state dict or move the module to a device first")
             self.weight = w._quantize(w.device)
         if w.quant_state is None and self.quant_state is not None:
             w.quant_state = self.quant_state  # lost by a wrapper that rebuilt the parameter (FSDP)
+        return w.quant_state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._ensure_quantized()
+        quant_state = self._ensure_quantized()
         if not self.compute_type_is_set:
             self.set_compute_type(x)
             self.compute_type_is_set = True
@@ -73,12 +85,16 @@ class Linear4bit(torch.nn.Linear):
             x = x.to(self.compute_dtype)
         bias = self.bias
         if bias is not None and bias.dtype != x.dtype:
-            bias.data = bias.data.to(x.dtype)
-        return matmul_4bit(x, self.weight.t(), quant_state=self.weight.quant_state, bias=bias).to(input_dtype)
+            if torch.compiler.is_compiling():
+                bias = bias.to(x.dtype)  # a traced graph cannot swap a parameter's dtype in place
+            else:
+                bias.data = bias.data.to(x.dtype)
+        return matmul_4bit(x, self.weight.t(), quant_state=quant_state, bias=bias).to(input_dtype)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        qs = self.weight.quant_state
+        qs = getattr(self.weight, "quant_state", None)  # None on an FSDP2 shard (a DTensor): use the module's
+        qs = self.quant_state if qs is None else qs
         if qs is not None:
             for k, v in qs.as_dict(packed=True).items():
                 destination[prefix + "weight." + k] = v if keep_vars else v.detach()
@@ -86,6 +102,9 @@ class Linear4bit(torch.nn.Linear):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         qs_keys = _quant_state_keys(state_dict, prefix)
         weight_key = prefix + "weight"
+        if not isinstance(self.weight, Params4bit):
+            error_msgs.append(f"{weight_key}: cannot load into a weight prepared or sharded for FSDP ({type(self.weight).__name__}); load the checkpoint before kbit.integrations.fsdp.prepare_for_fsdp / fully_shard")
+            return
         if not qs_keys:
             incoming = state_dict.get(weight_key)
             if incoming is not None and not incoming.is_floating_point():

@@ -98,9 +98,13 @@ class Linear8bitLt(torch.nn.Linear):
             self.weight = w = w._quantize(w.device)
         if w.CB is not None:
             self.init_8bit_state()
-        if self.bias is not None and self.bias.dtype != x.dtype:
-            self.bias.data = self.bias.data.to(x.dtype)
-        out = matmul(x, self.weight, bias=self.bias, state=self.state)
+        bias = self.bias
+        if bias is not None and bias.dtype != x.dtype:
+            if torch.compiler.is_compiling():
+                bias = bias.to(x.dtype)  # a traced graph cannot swap a parameter's dtype in place
+            else:
+                bias.data = bias.data.to(x.dtype)
+        out = matmul(x, self.weight, bias=bias, state=self.state)
         if not self.state.has_fp16_weights and self.state.CB is not None:
             self.weight.data = self.state.CB
         return out

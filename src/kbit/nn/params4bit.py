@@ -22,6 +22,23 @@ _PROXIED = {
     "nested_dtype": lambda qs: qs.state2.dtype if qs.nested else None,
     "nested_offset": lambda qs: qs.offset.item() if qs.nested else None,
 }
+
+
+def _proxied(name: str) -> property:
+    """A read-only attribute answered by the QuantState (None before quantization).
+
+    A property rather than ``__getattr__``: torch.compile cannot trace a tensor subclass that defines
+    ``__getattr__``, and every module forward reads attributes of its Params4bit.
+    """
+    getter = _PROXIED[name]
+
+    def fget(self):
+        qs = getattr(self, "quant_state", None)
+        return None if qs is None else getter(qs)
+
+    return property(fget, doc=f"``quant_state``'s {name} (None until quantized).")
+
+
 _SPLITTERS = {torch.chunk, torch.split, torch.Tensor.chunk, torch.Tensor.split}
 
 
@@ -69,11 +86,16 @@ class Params4bit(torch.nn.Parameter):
         self.module = module
         return self
 
-    def __getattr__(self, name):
-        if name in _PROXIED:
-            qs = self.__dict__.get("quant_state")
-            return None if qs is None else _PROXIED[name](qs)
-        raise AttributeError(f"'Params4bit' object has no attribute {name!r}")
+    absmax = _proxied("absmax")
+    code = _proxied("code")
+    quant_map = _proxied("quant_map")
+    offset = _proxied("offset")
+    state2 = _proxied("state2")
+    nested_absmax = _proxied("nested_absmax")
+    nested_blocksize = _proxied("nested_blocksize")
+    nested_quant_map = _proxied("nested_quant_map")
+    nested_dtype = _proxied("nested_dtype")
+    nested_offset = _proxied("nested_offset")
 
     def _metadata(self) -> dict:
         return {
