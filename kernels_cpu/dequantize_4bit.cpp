@@ -3,8 +3,10 @@
 // Exact: each block scales the 16-entry code table once (the same float32 products the reference
 // forms), and every element is a table lookup of that block, converted to the output dtype with
 // torch's rounding. avx512: 32 elements per step — nibbles are interleaved into element order at byte
-// level (psrlw + punpck), widened with vpmovzxbd and looked up with vpermps. avx2: 8 lanes, the
-// 16-entry table as two vpermps + blend on bit 3. neon: vqtbl4q on the table's bytes. scalar: portable.
+// level (psrlw + punpck), widened with vpmovzxbd and looked up with vpermps. avx2: f16 / bf16 outputs
+// read the rounded 16-bit values with two vpshufb (low and high byte tables) per 32 elements; float32
+// 8 lanes, the 16-entry table as two vpermps + blend on bit 3. neon: vqtbl4q on the table's bytes.
+// scalar: portable.
 #include "convert.h"
 #include "dispatch.h"
 #include "kbit_cpu.h"
@@ -62,7 +64,60 @@ void dequantize_blocks(const Dequantize4bitArgs& a, int64_t b0, int64_t b1) {
   }
 }
 #elif defined(KBIT_ISA_AVX2)
+// 16-bit outputs: the block's 16 values are rounded to the output dtype once and split into a table of
+// their low bytes and one of their high bytes; each 32 elements are then two vpshufb lookups of the
+// 32 nibbles (brought into element order at byte level) and two byte interleaves, with no per-element
+// conversion. 16 packed bytes are broadcast to both 128-bit lanes and kSplitBytes picks bytes 0..7
+// (elements 0..15) for the low lane and 8..15 (elements 16..31) for the high lane, each byte twice:
+// the even copy keeps the high nibble (element 2i), the odd copy the low nibble (element 2i + 1).
+inline __m128i to_16bit(__m256 v, int32_t dtype) {
+  return dtype == KBIT_CPU_BF16 ? f32x8_to_bf16(v) : _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+void dequantize_blocks_16bit(const Dequantize4bitArgs& a, int64_t b0, int64_t b1) {
+  const __m256 code_lo = _mm256_loadu_ps(a.code), code_hi = _mm256_loadu_ps(a.code + 8);
+  const __m256i split = _mm256_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7,
+                                         8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+  const __m256i low4 = _mm256_set1_epi8(0x0F), low_byte = _mm256_set1_epi16(0x00FF);
+  const __m256i odd_bytes = _mm256_set1_epi16(static_cast<int16_t>(0xFF00));
+  uint16_t* out = static_cast<uint16_t*>(a.out);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t begin = b * a.blocksize;
+    const int64_t end = begin + a.blocksize < a.n ? begin + a.blocksize : a.n;
+    const __m256 scale = _mm256_set1_ps(a.absmax[b]);
+    const __m256i v = _mm256_set_m128i(to_16bit(_mm256_mul_ps(code_hi, scale), a.out_dtype),
+                                       to_16bit(_mm256_mul_ps(code_lo, scale), a.out_dtype));  // 16 x 16 bits
+    // low bytes of entries 0..15 | high bytes of entries 0..15, then each table in both lanes
+    const __m256i bytes = _mm256_packus_epi16(_mm256_and_si256(v, low_byte), _mm256_srli_epi16(v, 8));
+    const __m256i packed_tables = _mm256_permute4x64_epi64(bytes, _MM_SHUFFLE(3, 1, 2, 0));
+    const __m256i table_lo = _mm256_permute2x128_si256(packed_tables, packed_tables, 0x00);
+    const __m256i table_hi = _mm256_permute2x128_si256(packed_tables, packed_tables, 0x11);
+    int64_t i = begin;
+    for (; i + 32 <= end; i += 32) {
+      const __m256i twice = _mm256_shuffle_epi8(
+          _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.packed + (i >> 1)))), split);
+      // even byte positions: high nibble; odd positions: low nibble
+      const __m256i idx = _mm256_and_si256(_mm256_blendv_epi8(_mm256_srli_epi16(twice, 4), twice, odd_bytes), low4);
+      const __m256i lo = _mm256_shuffle_epi8(table_lo, idx), hi = _mm256_shuffle_epi8(table_hi, idx);
+      const __m256i w0 = _mm256_unpacklo_epi8(lo, hi);  // elements 0..7 | 16..23
+      const __m256i w1 = _mm256_unpackhi_epi8(lo, hi);  // elements 8..15 | 24..31
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_permute2x128_si256(w0, w1, 0x20));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i + 16), _mm256_permute2x128_si256(w0, w1, 0x31));
+    }
+    if (i < end) {
+      alignas(32) float l[16];
+      _mm256_store_ps(l, _mm256_mul_ps(code_lo, scale));
+      _mm256_store_ps(l + 8, _mm256_mul_ps(code_hi, scale));
+      dequantize_span_scalar(a, l, i, end);
+    }
+  }
+}
+
 void dequantize_blocks(const Dequantize4bitArgs& a, int64_t b0, int64_t b1) {
+  if (a.out_dtype != KBIT_CPU_F32) {
+    dequantize_blocks_16bit(a, b0, b1);
+    return;
+  }
   const __m256 code_lo = _mm256_loadu_ps(a.code), code_hi = _mm256_loadu_ps(a.code + 8);
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t begin = b * a.blocksize;

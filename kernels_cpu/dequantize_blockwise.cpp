@@ -1,8 +1,10 @@
 // dequantize_blockwise.cpp — kbit::dequantize_blockwise: out[i] = code[A[i]] * absmax[i / blocksize], exact.
 //
 // One float32 product per element (the reference's), rounded once to the output dtype; any blocksize.
-// avx512: 16 code values per step from a register-held 256-entry table (Lut256), masked at block ends. other ISAs: the portable loop
-// (vectorized by the compiler where the ISA has gathers).
+// avx512: 16 code values per step from a register-held 256-entry table (Lut256), masked at block ends.
+// avx2: per-block tables of output-dtype values for large blocks with 16-bit outputs, else 8 values per
+// step from scalar loads (lookup8). other ISAs: the portable loop (vectorized by the compiler where the
+// ISA has gathers).
 #include "convert.h"
 #include "dispatch.h"
 #include "kbit_cpu.h"
@@ -44,6 +46,54 @@ void dequantize_blocks(const DequantizeBlockwiseArgs& a, int64_t b0, int64_t b1)
       const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(t, a.A + i));
       store16_masked(a.out, a.out_dtype, i, _mm512_mul_ps(lut.lookup(q), s), t);
     }
+  }
+}
+#elif defined(KBIT_ISA_AVX2)
+// Blocks of at least kLutMinBlock elements with a 16-bit output: the block's 256 products are formed
+// and rounded to the output dtype once (32 vector steps), then every element is one 16-bit table read
+// (no gather, no per-element conversion), 16 of them merged by vpinsrw into one vector store — about
+// 0.9 cycles per element, against 1-2 for a loop of scalar 16-bit stores (which varied from run to
+// run) and 1.3 for vpgatherdd. Other blocks: 8 code values per step read by lookup8, scaled and
+// converted in vectors.
+constexpr int64_t kLutMinBlock = 512;
+
+// lut[q[0..15]] (the table reads fold into vpinsrw; joining 2 or 4 reads in a general register and
+// inserting 32 or 64 bits at a time measured 15-20% slower).
+inline __m256i lookup16(const uint16_t* lut, const uint8_t* q) {
+  __m128i lo = _mm_cvtsi32_si128(lut[q[0]]), hi = _mm_cvtsi32_si128(lut[q[8]]);
+  lo = _mm_insert_epi16(lo, lut[q[1]], 1);
+  hi = _mm_insert_epi16(hi, lut[q[9]], 1);
+  lo = _mm_insert_epi16(lo, lut[q[2]], 2);
+  hi = _mm_insert_epi16(hi, lut[q[10]], 2);
+  lo = _mm_insert_epi16(lo, lut[q[3]], 3);
+  hi = _mm_insert_epi16(hi, lut[q[11]], 3);
+  lo = _mm_insert_epi16(lo, lut[q[4]], 4);
+  hi = _mm_insert_epi16(hi, lut[q[12]], 4);
+  lo = _mm_insert_epi16(lo, lut[q[5]], 5);
+  hi = _mm_insert_epi16(hi, lut[q[13]], 5);
+  lo = _mm_insert_epi16(lo, lut[q[6]], 6);
+  hi = _mm_insert_epi16(hi, lut[q[14]], 6);
+  lo = _mm_insert_epi16(lo, lut[q[7]], 7);
+  hi = _mm_insert_epi16(hi, lut[q[15]], 7);
+  return _mm256_set_m128i(hi, lo);
+}
+
+void dequantize_blocks(const DequantizeBlockwiseArgs& a, int64_t b0, int64_t b1) {
+  alignas(32) uint16_t lut[kPositions];
+  uint16_t* out16 = static_cast<uint16_t*>(a.out);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t begin = b * a.blocksize;
+    const int64_t end = begin + a.blocksize < a.n ? begin + a.blocksize : a.n;
+    const __m256 s = _mm256_set1_ps(a.absmax[b]);
+    int64_t i = begin;
+    if (end - begin >= kLutMinBlock && a.out_dtype != KBIT_CPU_F32) {
+      for (int j = 0; j < kPositions; j += 8) store8(lut, a.out_dtype, j, _mm256_mul_ps(_mm256_loadu_ps(a.code + j), s));
+      for (; i + 16 <= end; i += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out16 + i), lookup16(lut, a.A + i));
+      for (; i < end; ++i) out16[i] = lut[a.A[i]];
+      continue;
+    }
+    for (; i + 8 <= end; i += 8) store8(a.out, a.out_dtype, i, _mm256_mul_ps(lookup8(a.code, a.A + i), s));
+    for (; i < end; ++i) store_scalar(a.out, a.out_dtype, i, a.code[a.A[i]] * a.absmax[b]);
   }
 }
 #else

@@ -11,6 +11,8 @@
 //   AVX512-BF16 and bf16 activations: tiles of 8 rows x 1024 columns of bf16 pairs (two vpermd per 32
 //   weights), 3 x 8 vdpbf16ps blocks on A's own bf16 data, partial sums kept between column chunks;
 //   otherwise tiles of 4 full rows in float32 and 6 x 4 FMA blocks.
+// avx2: K % 32 == 0. M <= 4: as the avx512 small-M path, 8 lanes (16-entry lookups by two vpermps +
+//   blend). Larger M: tiles of 4 rows in float32 and 3 x 4 FMA blocks.
 // other ISAs / other K: each weight row is dequantized once and dotted with every activation row.
 #include "convert.h"
 #include "dispatch.h"
@@ -313,6 +315,161 @@ void rows_f32(const Gemm4bitArgs& a, int64_t r0, int64_t r1, int slot) {
     }
   }
 }
+#elif defined(KBIT_ISA_AVX2)
+// K % 32 == 0 (every 32-element chunk lies in one block). Activations are converted to float32 once,
+// each 16 elements stored as their 8 even then 8 odd elements, the order in which the high and low
+// nibbles of 8 packed bytes come out of vpmovzxbd: weights need no shuffle back to element order.
+// Weights are looked up in the block's 16-entry table (rounded to A's dtype), two vpermps + blend on
+// bit 3. M <= kDirectMaxM: every chunk is looked up into registers and used by all rows at once.
+// Larger M: tiles of kTileRows weight rows are dequantized into a per-thread float32 buffer and
+// multiplied by a 3 x 4 register-blocked FMA kernel (12 accumulators of 8 partial dot products).
+constexpr int64_t kDirectMaxM = 4;
+constexpr int kMr = 3;
+
+// Per 16 elements: 8 even, then 8 odd (see above).
+void fill_activations(const Gemm4bitArgs& a) {
+  const __m256i even_first = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  for (int64_t m = 0; m < a.M; ++m) {
+    for (int64_t c = 0; c < a.K; c += 16) {
+      const int64_t at = m * a.K + c;
+      const __m256 v0 = _mm256_permutevar8x32_ps(load8(a.A, a.dtype, at), even_first);      // e0..e6 | e1..e7
+      const __m256 v1 = _mm256_permutevar8x32_ps(load8(a.A, a.dtype, at + 8), even_first);  // e8..e14 | e9..e15
+      _mm256_store_ps(a.act + at, _mm256_permute2f128_ps(v0, v1, 0x20));
+      _mm256_store_ps(a.act + at + 8, _mm256_permute2f128_ps(v0, v1, 0x31));
+    }
+  }
+}
+
+// The 16-entry weight table of one block, rounded to A's dtype: entries 0..7 and 8..15.
+struct Lut16 {
+  __m256 lo, hi;
+  Lut16(__m256 code_lo, __m256 code_hi, float scale, int32_t dtype) {
+    const __m256 s = _mm256_set1_ps(scale);
+    lo = round8(_mm256_mul_ps(code_lo, s), dtype);
+    hi = round8(_mm256_mul_ps(code_hi, s), dtype);
+  }
+  static __m256 round8(__m256 v, int32_t dtype) {
+    if (dtype == KBIT_CPU_BF16) return bf16x8_to_f32(f32x8_to_bf16(v));
+    if (dtype == KBIT_CPU_F16) return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    return v;
+  }
+  // vpermps reads bits 2:0 of an index; bit 3 (moved to the sign bit) picks the upper half.
+  __m256 operator()(__m256i idx) const {
+    const __m256 upper = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx), upper);
+  }
+};
+
+// The 32 weights of packed bytes p[0..15] as four vectors in activation order: w[0] even and w[1] odd
+// elements of bytes 0..7, w[2] and w[3] those of bytes 8..15.
+inline void decode32(const uint8_t* p, const Lut16& lut, __m256 w[4]) {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m256i v0 = _mm256_cvtepu8_epi32(bytes), v1 = _mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8));
+  const __m256i low4 = _mm256_set1_epi32(0x0F);
+  w[0] = lut(_mm256_srli_epi32(v0, 4));
+  w[1] = lut(_mm256_and_si256(v0, low4));
+  w[2] = lut(_mm256_srli_epi32(v1, 4));
+  w[3] = lut(_mm256_and_si256(v1, low4));
+}
+
+inline float reduce8(__m256 v) {
+  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
+}
+
+// Small M: each chunk's weights go from the lookup straight into the FMAs of all MR rows (two
+// accumulators per row, so that no row waits on one FMA chain).
+template <int MR>
+void rows_direct(const Gemm4bitArgs& a, int64_t r0, int64_t r1) {
+  const __m256 code_lo = _mm256_loadu_ps(a.code), code_hi = _mm256_loadu_ps(a.code + 8);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t row = r * a.K;
+    __m256 acc0[MR], acc1[MR];
+    for (int m = 0; m < MR; ++m) acc0[m] = acc1[m] = _mm256_setzero_ps();
+    for (int64_t pos = row, b = row / a.blocksize; pos < row + a.K; ++b) {  // b: block of pos
+      const int64_t seg_end = (b + 1) * a.blocksize < row + a.K ? (b + 1) * a.blocksize : row + a.K;
+      const Lut16 lut(code_lo, code_hi, a.absmax[b], a.dtype);
+      for (int64_t i = pos; i < seg_end; i += kChunk) {
+        __m256 w[4];
+        decode32(a.B + (i >> 1), lut, w);
+        const float* x = a.act + (i - row);
+        for (int m = 0; m < MR; ++m) {
+          acc0[m] = _mm256_fmadd_ps(w[0], _mm256_load_ps(x + m * a.K), acc0[m]);
+          acc1[m] = _mm256_fmadd_ps(w[1], _mm256_load_ps(x + m * a.K + 8), acc1[m]);
+          acc0[m] = _mm256_fmadd_ps(w[2], _mm256_load_ps(x + m * a.K + 16), acc0[m]);
+          acc1[m] = _mm256_fmadd_ps(w[3], _mm256_load_ps(x + m * a.K + 24), acc1[m]);
+        }
+      }
+      pos = seg_end;
+    }
+    const float bias = bias_of(a, r);
+    for (int m = 0; m < MR; ++m) store_scalar(a.out, a.dtype, m * a.N + r, reduce8(_mm256_add_ps(acc0[m], acc1[m])) + bias);
+  }
+}
+
+// Tile of `rows` weight rows from r0, float32 in activation order (row stride K + 16).
+void dequantize_tile(const Gemm4bitArgs& a, int64_t r0, int64_t rows, float* tile) {
+  const __m256 code_lo = _mm256_loadu_ps(a.code), code_hi = _mm256_loadu_ps(a.code + 8);
+  for (int64_t t = 0; t < rows; ++t) {
+    const int64_t row = (r0 + t) * a.K;
+    float* w = tile + t * (a.K + 16);
+    for (int64_t pos = row, b = row / a.blocksize; pos < row + a.K; ++b) {  // b: block of pos
+      const int64_t seg_end = (b + 1) * a.blocksize < row + a.K ? (b + 1) * a.blocksize : row + a.K;
+      const Lut16 lut(code_lo, code_hi, a.absmax[b], a.dtype);
+      for (int64_t i = pos; i < seg_end; i += kChunk) {
+        __m256 v[4];
+        decode32(a.B + (i >> 1), lut, v);
+        for (int q = 0; q < 4; ++q) _mm256_store_ps(w + (i - row) + 8 * q, v[q]);
+      }
+      pos = seg_end;
+    }
+  }
+}
+
+// Activation rows m0.. m0 + MR against tile rows 0.. NR (from weight row r0): MR x NR accumulators;
+// the MR activation vectors of a step stay in registers and each weight vector is loaded once.
+template <int MR, int NR>
+void micro_f32(const Gemm4bitArgs& a, const float* tile, int64_t m0, int64_t r0) {
+  __m256 acc[MR][NR];
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < NR; ++r) acc[m][r] = _mm256_setzero_ps();
+  const int64_t stride = a.K + 16;
+  const float* x = a.act + m0 * a.K;
+  for (int64_t k = 0; k < a.K; k += 8) {
+    __m256 xv[MR];
+    for (int m = 0; m < MR; ++m) xv[m] = _mm256_load_ps(x + m * a.K + k);
+    for (int r = 0; r < NR; ++r) {
+      const __m256 w = _mm256_load_ps(tile + r * stride + k);
+      for (int m = 0; m < MR; ++m) acc[m][r] = _mm256_fmadd_ps(xv[m], w, acc[m][r]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < NR; ++r)
+      store_scalar(a.out, a.dtype, (m0 + m) * a.N + r0 + r, reduce8(acc[m][r]) + bias_of(a, r0 + r));
+}
+
+template <int NR>
+void tile_rows(const Gemm4bitArgs& a, const float* tile, int64_t r0) {
+  int64_t m = 0;
+  for (; m + kMr <= a.M; m += kMr) micro_f32<kMr, NR>(a, tile, m, r0);
+  if (a.M - m == 2) micro_f32<2, NR>(a, tile, m, r0);
+  if (a.M - m == 1) micro_f32<1, NR>(a, tile, m, r0);
+}
+
+void rows_tiled(const Gemm4bitArgs& a, int64_t r0, int64_t r1, int slot) {
+  float* tile = a.tiles + slot * a.part_floats;
+  for (int64_t r = r0; r < r1; r += kTileRows) {
+    const int64_t rows = r1 - r < kTileRows ? r1 - r : kTileRows;
+    dequantize_tile(a, r, rows, tile);
+    switch (rows) {
+      case 4: tile_rows<4>(a, tile, r); break;
+      case 3: tile_rows<3>(a, tile, r); break;
+      case 2: tile_rows<2>(a, tile, r); break;
+      default: tile_rows<1>(a, tile, r); break;
+    }
+  }
+}
 #endif
 
 }  // namespace
@@ -343,6 +500,24 @@ void gemm_4bit(const Gemm4bitArgs& a) {
   if (a.K % kChunk == 0) {
     fill_activations(a);
     parallel_for(a.N, kTileRows, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int slot) { rows_f32(a, r0, r1, slot); });
+    return;
+  }
+#elif defined(KBIT_ISA_AVX2)
+  if (a.K % kChunk == 0) {
+    fill_activations(a);
+    if (a.M <= kDirectMaxM) {
+      parallel_for(a.N, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int) {
+        switch (a.M) {
+          case 1: rows_direct<1>(a, r0, r1); break;
+          case 2: rows_direct<2>(a, r0, r1); break;
+          case 3: rows_direct<3>(a, r0, r1); break;
+          default: rows_direct<4>(a, r0, r1); break;
+        }
+      });
+    } else {
+      parallel_for(a.N, kTileRows, min_rows, a.threads,
+                   [&](int64_t r0, int64_t r1, int, int slot) { rows_tiled(a, r0, r1, slot); });
+    }
     return;
   }
 #endif

@@ -5,7 +5,9 @@
 // midpoints (ties to the lower code, NaN to the last) and mapped back to the code index.
 // avx512: 16 lanes; the first four search steps read a 16-entry table of every 16th boundary with
 // vpermps, the last four gather from the full boundary table; the order gather is skipped when the
-// code is already sorted (the dynamic maps are). other ISAs: the portable loop.
+// code is already sorted (the dynamic maps are). avx2: 8 lanes, the sorted position from a grid over
+// the float bits (nearest_code.h: Grid256, one gather per 8 values; cached per thread) when the code
+// fits it. other ISAs (and codes the grid does not fit): the portable loop.
 #include "convert.h"
 #include "dispatch.h"
 #include "kbit_cpu.h"
@@ -46,6 +48,16 @@ float span_absmax(const QuantizeBlockwiseArgs& a, int64_t begin, int64_t end) {
   }
   m = _mm512_reduce_max_ps(mv);
   nan = nanv != 0;
+#elif defined(KBIT_ISA_AVX2)
+  // On the bits: with the sign cleared, unsigned order is float order and NaN is above infinity.
+  const __m256i abs_mask = _mm256_set1_epi32(static_cast<int32_t>(kAbsBits));
+  __m256i mv = _mm256_setzero_si256();
+  for (; i + 8 <= end; i += 8) mv = _mm256_max_epu32(mv, _mm256_and_si256(_mm256_castps_si256(load8(a.A, a.dtype, i)), abs_mask));
+  __m128i h = _mm_max_epu32(_mm256_castsi256_si128(mv), _mm256_extracti128_si256(mv, 1));
+  h = _mm_max_epu32(h, _mm_srli_si128(h, 8));
+  h = _mm_max_epu32(h, _mm_srli_si128(h, 4));
+  m = bits_f32(static_cast<uint32_t>(_mm_cvtsi128_si32(h)));  // NaN bits stay NaN
+  nan = m != m;
 #endif
   for (; i < end; ++i) {
     const float x = load_scalar(a.A, a.dtype, i);
@@ -55,6 +67,36 @@ float span_absmax(const QuantizeBlockwiseArgs& a, int64_t begin, int64_t end) {
   }
   return nan ? __builtin_nanf("") : m;
 }
+
+#if defined(KBIT_ISA_AVX2)
+// 8 lanes: sorted positions from the grid of nearest_code.h (one gather per 8 values), mapped to
+// code indices by a second gather when the code is not sorted; the portable loop when the grid does
+// not apply to the code or the call is too small to pay for building it.
+constexpr int64_t kMinGridElements = 1 << 10;
+
+void quantize_blocks_grid(const QuantizeBlockwiseArgs& a, const SortedCode<256>& sc, const Grid256& grid,
+                          const int32_t* order, int64_t b0, int64_t b1) {
+  const __m256 one = _mm256_set1_ps(1.0f), minus_one = _mm256_set1_ps(-1.0f);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t begin = b * a.blocksize;
+    const int64_t end = begin + a.blocksize < a.n ? begin + a.blocksize : a.n;
+    const float amax = span_absmax(a, begin, end);
+    a.absmax[b] = amax;
+    const float inv_s = inverse_scale(amax);
+    const __m256 inv = _mm256_set1_ps(inv_s);
+    int64_t i = begin;
+    for (; i + 8 <= end; i += 8) {
+      // clamp(x * inv, -1, 1); min / max pass NaN through as torch.clamp does
+      const __m256 s = _mm256_max_ps(minus_one, _mm256_min_ps(one, _mm256_mul_ps(load8(a.A, a.dtype, i), inv)));
+      __m256i q = grid_positions8(grid, s);
+      if (order != nullptr) q = _mm256_i32gather_epi32(order, q, 4);
+      const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(a.out + i), _mm_packus_epi16(words, words));
+    }
+    for (; i < end; ++i) a.out[i] = sc.order[grid_position(grid, scale_clamp(load_scalar(a.A, a.dtype, i), inv_s))];
+  }
+}
+#endif
 
 #if defined(KBIT_ISA_AVX512)
 void quantize_blocks(const QuantizeBlockwiseArgs& a, const SortedCode<256>& sc, int64_t b0, int64_t b1) {
@@ -98,6 +140,21 @@ void quantize_blockwise(const QuantizeBlockwiseArgs& a) {
   sort_code<256>(a.code, sc);
   const int64_t nb = (a.n + a.blocksize - 1) / a.blocksize;
   const int64_t min_blocks = kMinElementsPerThread / a.blocksize + 1;
+#if defined(KBIT_ISA_AVX2)
+  const Grid256* grid = a.n >= kMinGridElements ? &cached_grid(a.code, sc) : nullptr;
+  if (grid != nullptr && grid->ok) {
+    alignas(32) int32_t order[kPositions];
+    bool sorted = true;
+    for (int j = 0; j < kPositions; ++j) {
+      order[j] = sc.order[j];
+      sorted &= sc.order[j] == j;
+    }
+    const int32_t* order_or_null = sorted ? nullptr : order;
+    parallel_for(nb, 1, min_blocks, a.threads,
+                 [&](int64_t b0, int64_t b1, int, int) { quantize_blocks_grid(a, sc, *grid, order_or_null, b0, b1); });
+    return;
+  }
+#endif
   parallel_for(nb, 1, min_blocks, a.threads, [&](int64_t b0, int64_t b1, int, int) { quantize_blocks(a, sc, b0, b1); });
 }
 
