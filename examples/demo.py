@@ -68,7 +68,7 @@ def qlora_demo() -> None:
     model = TinyCausalLM()
     base = encode(BASE_TEXT * 40)
     t0 = time.perf_counter()
-    pre = train(model, model.parameters(), torch.optim.AdamW(model.parameters(), lr=3e-3), base, 150, g)
+    pre = train(model, model.parameters(), torch.optim.AdamW(model.parameters(), lr=3e-3), base, 80, g)
     print(f"  pretrained float model: loss {pre[0]:.2f} -> {pre[-1]:.2f} ({time.perf_counter() - t0:.0f} s)")
 
     before = megabytes(model)
@@ -81,7 +81,7 @@ def qlora_demo() -> None:
     new = encode(NEW_TEXT * 60)
     opt = bnb.optim.AdamW8bit(trainable, lr=3e-3, min_8bit_size=1024)
     t0 = time.perf_counter()
-    losses = train(model, trainable, opt, new, 120, g)
+    losses = train(model, trainable, opt, new, 80, g)
     print(f"  fine-tuning loss: {sum(losses[:5]) / 5:.3f} -> {sum(losses[-5:]) / 5:.3f} ({time.perf_counter() - t0:.0f} s, AdamW8bit)")
 
     with tempfile.TemporaryDirectory() as tmp:
