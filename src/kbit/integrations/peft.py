@@ -31,6 +31,7 @@ Importing this module imports peft; ``import kbit`` does not import this module.
 
 from __future__ import annotations
 
+import abc
 import warnings
 from typing import Any
 
@@ -192,21 +193,21 @@ class _KbitLoraLinear(torch.nn.Module, LoraLayer):
         self._pristine = None
         self.merged_adapters.clear()
 
+    @abc.abstractmethod
     def _snapshot(self):
         """The base layer's current quantized weight, kept to merge from and to restore."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _dequantize(self, snapshot) -> torch.Tensor:
         """float32 ``[out, in]`` weight of a snapshot, on the base layer's device (a fresh tensor)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _store(self, weight: torch.Tensor) -> None:
         """Quantize float32 ``weight`` into the base layer the way the layer quantizes a float weight."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _restore(self, snapshot) -> None:
         """Put a snapshot back as the base layer's weight."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return "kbit_lora." + super().__repr__()

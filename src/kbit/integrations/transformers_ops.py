@@ -96,8 +96,8 @@ class KbitQuantize(ConversionOps):
         return result
 
 
-class Kbit4bitDeserialize(ConversionOps):
-    """Packed 4-bit weight + its QuantState tensors -> ``Params4bit`` (bitsandbytes key format)."""
+class _Deserialize(ConversionOps):
+    """Rebuilds a quantized parameter from checkpoint tensors; saving writes them back unchanged."""
 
     def __init__(self, hf_quantizer):
         self.hf_quantizer = hf_quantizer
@@ -105,6 +105,10 @@ class Kbit4bitDeserialize(ConversionOps):
     @property
     def reverse_op(self) -> ConversionOps:
         return KeepSerialized()
+
+
+class Kbit4bitDeserialize(_Deserialize):
+    """Packed 4-bit weight + its QuantState tensors -> ``Params4bit`` (bitsandbytes key format)."""
 
     def convert(self, input_dict: dict, model=None, full_layer_name: str | None = None, **kwargs) -> dict:
         tensors, weight, module = _collected(input_dict, model, full_layer_name)
@@ -123,15 +127,8 @@ class Kbit4bitDeserialize(ConversionOps):
         return {WEIGHT: param}
 
 
-class Kbit8bitDeserialize(ConversionOps):
+class Kbit8bitDeserialize(_Deserialize):
     """int8 weight + ``SCB`` row scales (+ ``weight_format``) -> ``Int8Params`` (bitsandbytes key format)."""
-
-    def __init__(self, hf_quantizer):
-        self.hf_quantizer = hf_quantizer
-
-    @property
-    def reverse_op(self) -> ConversionOps:
-        return KeepSerialized()
 
     def convert(self, input_dict: dict, model=None, full_layer_name: str | None = None, **kwargs) -> dict:
         tensors, weight, module = _collected(input_dict, model, full_layer_name)
