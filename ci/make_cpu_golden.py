@@ -72,7 +72,8 @@ def fourbit(g: Golden) -> None:
         g.case("dequantize_4bit", name, packed=packed, absmax=absmax, n=n, blocksize=bs, quant_type=QT_TAGS[qt], out_dtype=dt, want_out=out)
     for name, N, K, bs, qt, dt in [("gemv_f32", 33, 128, 64, "nf4", torch.float32), ("gemv_bf16", 33, 128, 32, "fp4", torch.bfloat16),
                                    ("gemv_cross_row", 7, 320, 256, "nf4", torch.float16), ("gemv_odd_k", 5, 50, 32, "nf4", torch.float32),
-                                   ("gemv_big", 512, 1024, 64, "nf4", torch.bfloat16)]:
+                                   ("gemv_big", 512, 1024, 64, "nf4", torch.bfloat16),
+                                   ("gemv_f16_blocks_span_rows", 65, 192, 128, "fp4", torch.float16)]:
         W = torch.randn(N, K) / K**0.5
         packed, absmax = REF["quantize_4bit"](W, bs, qt, torch.uint8)
         code = formats.code_4bit(qt)
