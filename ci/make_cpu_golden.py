@@ -59,7 +59,8 @@ def tol(dtype, table=T.MATMUL_4BIT_TOL) -> dict:
 
 def fourbit(g: Golden) -> None:
     for name, n, bs, qt, dt in [("q4_tail", 4097, 64, "nf4", torch.float32), ("q4_odd_fp4", 333, 32, "fp4", torch.bfloat16),
-                                ("q4_f16", 2048, 128, "nf4", torch.float16), ("q4_big", 1 << 17, 64, "fp4", torch.float32)]:
+                                ("q4_f16", 2048, 128, "nf4", torch.float16), ("q4_big", 1 << 17, 64, "fp4", torch.float32),
+                                ("q4_bf16", 5000, 64, "nf4", torch.bfloat16), ("q4_bf16_b128", 4500, 128, "fp4", torch.bfloat16)]:
         A = (torch.randn(n) * 3).to(dt)
         A[:64] = 0  # an all-zero block
         packed, absmax = REF["quantize_4bit"](A, bs, qt, torch.uint8)

@@ -7,8 +7,16 @@
 // each 32 elements are split into even / odd vectors (bf16 and f16 pairs by a shift) whose codes
 // combine into bytes with one shift + or + vpmovdb. avx2: 64 (or 32) elements per step in 8-lane
 // vectors split the same way; the sorted position comes from a four-step branch-free binary search
-// (see Search16) and the bytes from two pack steps and one vpshufb. Other ISAs: the portable loop,
-// compiled per ISA.
+// (see Search16) and the bytes from two pack steps and one vpshufb. avx2 with bfloat16 input skips the
+// float32 arithmetic: the same binary search on the input's own 16-bit keys, 16 per vector, against
+// per-block thresholds read from a table by the absmax's mantissa and shifted by its exponent (see
+// Bf16Thresholds); absmax of 16 blocks at a time. Other ISAs: the portable loop, compiled per ISA.
+// Measured (2-core AMD EPYC Zen 4 VM without AVX-512, NF4, blocksize 64, bf16 input; a shared host, so
+// quiet moments only): 1 thread, 2^17 elements (L2): 0.30 ns/element with Search16, 0.18 with the bf16
+// search (float32 input 0.35 either way). 2 threads, 2^24 elements (DRAM): 0.17 -> 0.115 ns/element.
+// torch.ops.kbit.quantize_4bit, 2 threads, bytes moved (input + packed + absmax) per second over a
+// 64 MiB float32 copy's 2 * bytes per second (30-33 GB/s): 4096x4096 0.44 -> 0.72 (3.1 -> 2.0 ms),
+// 11008x4096 0.48 -> 0.67, 4096x11008 0.44 -> 0.70.
 #include "convert.h"
 #include "dispatch.h"
 #include "kbit_cpu.h"
@@ -318,9 +326,49 @@ inline void load16_split(const void* A, int64_t i, __m256& even, __m256& odd) {
   }
 }
 
-// max|x| of [begin, end) on the raw bits (sign cleared: unsigned order is float order and NaN is above
-// infinity, so an integer max propagates NaN like torch's amax). bf16 / f16: 16 halves per load, no
+// max|x| of bf16 / f16 [begin, end) as bits, on the raw bits (sign cleared: unsigned order is float order
+// and NaN is above infinity, so an integer max propagates NaN like torch's amax): 16 halves per load, no
 // conversion; the last fold is vphminposuw on the complemented halves (min of ~x = ~max of x).
+inline uint16_t absmax_bits16(const uint16_t* x, int64_t begin, int64_t end) {
+  int64_t i = begin;
+  const __m256i abs_mask = _mm256_set1_epi16(0x7FFF);
+  __m256i m = _mm256_setzero_si256();
+  for (; i + 16 <= end; i += 16)
+    m = _mm256_max_epu16(m, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)), abs_mask));
+  const __m128i h = _mm_max_epu16(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+  uint16_t top = static_cast<uint16_t>(~_mm_cvtsi128_si32(_mm_minpos_epu16(_mm_xor_si128(h, _mm_set1_epi32(-1)))));
+  for (; i < end; ++i) {
+    const uint16_t u = x[i] & 0x7FFF;
+    top = u > top ? u : top;
+  }
+  return top;
+}
+
+// The same for 16 consecutive blocks of 16 * VPB halves each, block b's bits in 16-bit lane b: each block
+// folds to one vector, then pairs of vectors fold by unpack + max over 16-, 32- and 64-bit units and the
+// two 128-bit lanes last (~3 operations per block instead of a horizontal reduction per block).
+template <int VPB>
+inline __m256i absmax_bits16_x16(const uint16_t* x) {
+  const __m256i abs_mask = _mm256_set1_epi16(0x7FFF);
+  auto block = [&](int b) {
+    __m256i m = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 16 * VPB * b)), abs_mask);
+    for (int j = 1; j < VPB; ++j)
+      m = _mm256_max_epu16(m, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 16 * (VPB * b + j))), abs_mask));
+    return m;
+  };
+  __m256i w[8], y[4];
+  for (int i = 0; i < 8; ++i) {
+    const __m256i u = block(2 * i), v = block(2 * i + 1);
+    w[i] = _mm256_max_epu16(_mm256_unpacklo_epi16(u, v), _mm256_unpackhi_epi16(u, v));
+  }
+  for (int i = 0; i < 4; ++i)
+    y[i] = _mm256_max_epu16(_mm256_unpacklo_epi32(w[2 * i], w[2 * i + 1]), _mm256_unpackhi_epi32(w[2 * i], w[2 * i + 1]));
+  const __m256i z0 = _mm256_max_epu16(_mm256_unpacklo_epi64(y[0], y[1]), _mm256_unpackhi_epi64(y[0], y[1]));
+  const __m256i z1 = _mm256_max_epu16(_mm256_unpacklo_epi64(y[2], y[3]), _mm256_unpackhi_epi64(y[2], y[3]));
+  return _mm256_max_epu16(_mm256_permute2x128_si256(z0, z1, 0x20), _mm256_permute2x128_si256(z0, z1, 0x31));
+}
+
+// max|x| of [begin, end) as float32, on the raw bits as above.
 template <int32_t DT>
 float block_absmax(const Quantize4bitArgs& a, int64_t begin, int64_t end) {
   int64_t i = begin;
@@ -340,18 +388,7 @@ float block_absmax(const Quantize4bitArgs& a, int64_t begin, int64_t end) {
     }
     return bits_f32(top);
   }
-  const uint16_t* x = static_cast<const uint16_t*>(a.A);
-  const __m256i abs_mask = _mm256_set1_epi16(0x7FFF);
-  __m256i m = _mm256_setzero_si256();
-  for (; i + 16 <= end; i += 16)
-    m = _mm256_max_epu16(m, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)), abs_mask));
-  const __m128i h = _mm_max_epu16(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
-  const __m128i ones = _mm_set1_epi32(-1);
-  uint16_t top = static_cast<uint16_t>(~_mm_cvtsi128_si32(_mm_minpos_epu16(_mm_xor_si128(h, ones))));
-  for (; i < end; ++i) {
-    const uint16_t u = x[i] & 0x7FFF;
-    top = u > top ? u : top;
-  }
+  const uint16_t top = absmax_bits16(static_cast<const uint16_t*>(a.A), begin, end);
   return DT == KBIT_CPU_BF16 ? bf16_to_f32(top) : f16_to_f32(top);
 }
 
@@ -436,6 +473,238 @@ void quantize_blocks_t(const Quantize4bitArgs& a, const SortedCode<16>& sc, cons
   }
 }
 
+// ---- bfloat16: the search on the input's own bits, 16 elements per vector -------------------------
+//
+// x -> fl(x * inv) is monotonic, so within a block "x passes bounds[k]" (!(bounds[k] >= scaled x)) holds
+// exactly for the x above a threshold, and the sorted position is a binary search of x itself over 15
+// per-block thresholds: no conversion, no multiply, 16 lanes instead of 8. x is compared as a 16-bit
+// integer key = |x|'s bits with x's sign (vpsignw; +0 and -0 both 0), which orders bf16 values like
+// their values. The thresholds depend on the block's absmax only through its mantissa and its exponent:
+// scaling absmax by 2^d scales inv by 2^-d exactly, so fl(x 2^d * inv 2^-d) = fl(x * inv), and in key
+// space every threshold moves by d * 128 away from zero (while the values next to it are normal bf16
+// numbers). Bf16Thresholds holds them, found by bisection with the reference's arithmetic, for the 128
+// mantissas at exponents 126 and 127; a block of exponent e takes the row of its parity and adds
+// (e - 126) / 2 to the high byte of each (nonzero) threshold: d is even, d * 128 a multiple of 256.
+// Blocks outside [exp_min, kBf16ExpMax] (zero, tiny, huge, Inf or NaN absmax) take the float32 path
+// (quantize_blocks_t). Exact for every bf16 value under every bf16 absmax (checked exhaustively;
+// tests/test_cpu_quantize_4bit.py sweeps every mantissa at the exponents around the range's edges).
+//
+// Each vector runs four steps on 16 keys: m = key > threshold (vpcmpgtw), r = 2 r - m on bytes, and the
+// next threshold read by vpshufb from a 16-byte table with r as index: r's low byte addresses the
+// threshold's low byte and its high byte the high byte (r starts at (1, 14) per 16-bit lane; the tables
+// place step j's entry h where 2^(j-1) * (1, 14) + h lands mod 16, see Bf16Thresholds). The fourth r is
+// 16 * (1, 14) + position: one more vpshufb gives the code in the low byte and 0 in the high byte (index
+// >= 128). 17 operations per 16 elements against ~30 for Search16 (split, multiply, two searches of 8),
+// then per 64 elements vpackuswb to bytes, vpmaddubsw (16, 1) to 16 * even + odd, vpackuswb, vpermd.
+constexpr int kBf16BaseExp = 126;  // rows for exponents 126 (even) and 127 (odd)
+constexpr int kBf16ExpMax = 142;   // absmax < 2^16: inv > 2^-16 keeps fl(x * inv) > 0 for every x > 0
+constexpr int kBf16ShiftBias = 64;  // shift table index: (e - kBf16BaseExp) >> 1 + bias, for e in [0, kBf16ExpMax]
+constexpr int kBf16Shifts = ((kBf16ExpMax - kBf16BaseExp) >> 1) + kBf16ShiftBias + 1;
+
+struct Bf16Thresholds {
+  bool ok;       // every threshold has one sign for all rows (else blocks take the float32 path)
+  int exp_min;   // smallest block exponent whose shifted thresholds are still normal bf16 values
+  // Per row (parity << 7 | mantissa): table A (steps 2 and 3, and step 1's threshold) and table 4 (step 4).
+  alignas(32) uint8_t rows[256][32];
+  // Per shift s = (e - kBf16BaseExp) >> 1: what a block of exponent e adds to table A and table 4
+  // (each twice, for both 128-bit lanes): s or -s at the high byte of a positive or negative threshold.
+  alignas(32) int8_t shift[kBf16Shifts][64];
+  alignas(16) uint8_t code[16];  // sorted position -> code
+  explicit Bf16Thresholds(const SortedCode<16>& sc) : ok(true), exp_min(kBf16ExpMax + 1) {
+    int min_mag[2] = {0x7FFF, 0x7FFF};
+    int sgn[15] = {};
+    for (int row = 0; row < 256; ++row) {
+      const int q = row >> 7;
+      const uint16_t amax = static_cast<uint16_t>((kBf16BaseExp + q) << 7 | (row & 127));
+      const float inv = inverse_scale(bf16_to_f32(amax));
+      int16_t t[15];
+      for (int k = 0; k < 15; ++k) {
+        // Smallest key in [-amax, amax + 1] passing bounds[k] (amax + 1: none does); the threshold is one less.
+        int lo = -amax, hi = amax + 1;
+        while (lo < hi) {
+          const int mid = lo + ((hi - lo) >> 1);
+          const float x = mid >= 0 ? bf16_to_f32(static_cast<uint16_t>(mid)) : -bf16_to_f32(static_cast<uint16_t>(-mid));
+          if (!(sc.bounds[k] >= scale_clamp(x, inv))) {
+            hi = mid;
+          } else {
+            lo = mid + 1;
+          }
+        }
+        t[k] = static_cast<int16_t>(lo - 1);
+        const int s = t[k] > 0 ? 1 : (t[k] < 0 ? -1 : 0);
+        if (row == 0) sgn[k] = s;
+        ok &= s == sgn[k];
+        if (s != 0) {
+          const int mag = t[k] < 0 ? -t[k] : t[k];
+          min_mag[q] = mag < min_mag[q] ? mag : min_mag[q];
+        }
+      }
+      uint8_t* ta = rows[row];
+      uint8_t* t4 = rows[row] + 16;
+      auto put = [](uint8_t* tab, int lo_pos, int hi_pos, int16_t v) {
+        tab[lo_pos & 15] = static_cast<uint8_t>(v & 0xFF);
+        tab[hi_pos & 15] = static_cast<uint8_t>((v >> 8) & 0xFF);
+      };
+      // Entry h of step j: low byte at 2^(j-1) + h, high byte at 14 * 2^(j-1) + h (mod 16); the positions
+      // of steps 1 to 3 (one table) are distinct, as are those of step 4.
+      ta[0] = ta[15] = 0;
+      put(ta, 1, 14, t[7]);                                              // step 1 (read once per block)
+      for (int h = 0; h < 2; ++h) put(ta, 2 + h, 28 + h, t[8 * h + 3]);  // step 2
+      for (int h = 0; h < 4; ++h) put(ta, 4 + h, 56 + h, t[4 * h + 1]);  // step 3
+      for (int h = 0; h < 8; ++h) put(t4, 8 + h, 112 + h, t[2 * h]);      // step 4
+    }
+    int sign[32] = {};  // per table byte: the sign of the threshold whose high byte it is, else 0
+    sign[14] = sgn[7];
+    for (int h = 0; h < 2; ++h) sign[(28 + h) & 15] = sgn[8 * h + 3];
+    for (int h = 0; h < 4; ++h) sign[(56 + h) & 15] = sgn[4 * h + 1];
+    for (int h = 0; h < 8; ++h) sign[16 + ((112 + h) & 15)] = sgn[2 * h];
+    for (int i = 0; i < kBf16Shifts; ++i) {
+      for (int j = 0; j < 64; ++j) shift[i][j] = static_cast<int8_t>(sign[(j >> 5) * 16 + (j & 15)] * (i - kBf16ShiftBias));
+    }
+    for (int p = 0; p < 16; ++p) code[p] = sc.order[p];
+    // A nonzero threshold must keep |key| >= 256 after the shift: its neighbours stay normal numbers
+    // (scaled exactly) and its high byte nonzero. Zero thresholds (FP4's boundary between -0 and +0)
+    // stay 0 for every exponent up to kBf16ExpMax.
+    for (int e = kBf16ExpMax; e >= 1; --e) {
+      const int q = e & 1;
+      if (min_mag[q] + 128 * (e - kBf16BaseExp - q) < 256) break;
+      exp_min = e;
+    }
+  }
+};
+
+const Bf16Thresholds& bf16_thresholds(int32_t quant_type, const SortedCode<16>& sc) {
+  if (quant_type == KBIT_CPU_NF4) {
+    static const Bf16Thresholds nf4(sc);
+    return nf4;
+  }
+  static const Bf16Thresholds fp4(sc);
+  return fp4;
+}
+
+// Per-block state of the bf16 search: the two tables shifted to the block's exponent, step 1's threshold.
+struct Bf16Block {
+  __m256i tab_a, tab_4, t7;
+};
+
+// Codes of 16 bf16 elements, one per 16-bit lane (high byte 0).
+inline __m256i bf16_codes(__m256i v, const Bf16Block& blk, __m256i code) {
+  const __m256i key = _mm256_sign_epi16(_mm256_and_si256(v, _mm256_set1_epi16(0x7FFF)), v);
+  __m256i m = _mm256_cmpgt_epi16(key, blk.t7);
+  __m256i r = _mm256_sub_epi8(_mm256_set1_epi16(0x1C02), m);  // 2 * 0x0E01 - m
+  m = _mm256_cmpgt_epi16(key, _mm256_shuffle_epi8(blk.tab_a, r));
+  r = _mm256_sub_epi8(_mm256_add_epi8(r, r), m);
+  m = _mm256_cmpgt_epi16(key, _mm256_shuffle_epi8(blk.tab_a, r));
+  r = _mm256_sub_epi8(_mm256_add_epi8(r, r), m);
+  m = _mm256_cmpgt_epi16(key, _mm256_shuffle_epi8(blk.tab_4, r));
+  r = _mm256_sub_epi8(_mm256_add_epi8(r, r), m);
+  return _mm256_shuffle_epi8(code, r);
+}
+
+// The tables of a block whose absmax has the bits amax (exponent in [exp_min, kBf16ExpMax]).
+inline Bf16Block bf16_block(const Bf16Thresholds& th, uint16_t amax) {
+  const int e = amax >> 7;
+  const uint8_t* row = th.rows[(e & 1) << 7 | (amax & 127)];
+  const int8_t* shift = th.shift[((e - kBf16BaseExp) >> 1) + kBf16ShiftBias];
+  Bf16Block blk;
+  blk.tab_a = _mm256_add_epi8(_mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(row))),
+                              _mm256_load_si256(reinterpret_cast<const __m256i*>(shift)));
+  blk.tab_4 = _mm256_add_epi8(_mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(row + 16))),
+                              _mm256_load_si256(reinterpret_cast<const __m256i*>(shift + 32)));
+  blk.t7 = _mm256_shuffle_epi8(blk.tab_a, _mm256_set1_epi16(0x0E01));
+  return blk;
+}
+
+// Packed bytes of 64 elements at x (one block's tables).
+inline void code64_bf16(const uint16_t* x, uint8_t* out, const Bf16Block& blk, __m256i code) {
+  __m256i c[4];
+  for (int q = 0; q < 4; ++q) c[q] = bf16_codes(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 16 * q)), blk, code);
+  // Codes to bytes (vpackuswb), pairs to 16-bit 16 * even + odd (vpmaddubsw), to bytes again: the
+  // lane-wise packs leave the 4-byte groups in the order 0 2 4 6 | 1 3 5 7; one vpermd sorts them.
+  const __m256i pair = _mm256_set1_epi16(0x0110);
+  const __m256i w01 = _mm256_maddubs_epi16(_mm256_packus_epi16(c[0], c[1]), pair);
+  const __m256i w23 = _mm256_maddubs_epi16(_mm256_packus_epi16(c[2], c[3]), pair);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
+                      _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w01, w23), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
+// Codes of [begin, end) of one bf16 block (end - begin a multiple of 32) whose absmax has the bits amax.
+inline void code_block_bf16(const uint16_t* x, uint8_t* packed, const Bf16Thresholds& th, __m256i code,
+                            uint16_t amax, int64_t begin, int64_t end) {
+  const Bf16Block blk = bf16_block(th, amax);
+  int64_t i = begin;
+  for (; i + 64 <= end; i += 64) code64_bf16(x + i, packed + (i >> 1), blk, code);
+  if (i < end) {  // 32 elements
+    const __m256i c0 = bf16_codes(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)), blk, code);
+    const __m256i c1 = bf16_codes(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i + 16)), blk, code);
+    const __m256i w = _mm256_maddubs_epi16(_mm256_packus_epi16(c0, c1), _mm256_set1_epi16(0x0110));  // pairs 0-3 8-11 | 4-7 12-15
+    const __m128i b = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(packed + (i >> 1)), _mm_shuffle_epi32(b, _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+}
+
+// bf16 blocks [b0, b1) by the threshold search (th.ok); blocks it does not take go through quantize_blocks_t.
+void quantize_blocks_bf16(const Quantize4bitArgs& a, const SortedCode<16>& sc, const Search16& search,
+                          const Bf16Thresholds& th, int64_t b0, int64_t b1) {
+  const uint16_t* x = static_cast<const uint16_t*>(a.A);
+  uint8_t* packed = a.packed;
+  const int64_t n = a.n, bs = a.blocksize;
+  const int exp_min = th.exp_min;
+  const __m256i code = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(th.code)));
+  alignas(32) uint16_t bits[kChunkBlocks];
+  // Blocks per chunk: up to kChunkBlocks, at most kChunkElements elements (one block if larger).
+  const int64_t chunk = bs >= kChunkElements ? 1 : (kChunkElements / bs < kChunkBlocks ? kChunkElements / bs : kChunkBlocks);
+  for (int64_t c0 = b0; c0 < b1; c0 += chunk) {
+    const int64_t c1 = c0 + chunk < b1 ? c0 + chunk : b1;
+    // Absmax of a chunk of blocks first (16 blocks of up to 128 at once), then its codes.
+    const bool whole = bs <= 128 && c1 - c0 == kChunkBlocks && c1 * bs <= n;
+    if (whole) {
+      const uint16_t* xc = x + c0 * bs;
+      // The next chunk's input on its way (a hint: past the end of the input it does nothing). ~5% faster
+      // from DRAM, one or two threads, than the hardware prefetchers alone.
+      const uintptr_t next = reinterpret_cast<uintptr_t>(xc + kChunkBlocks * bs);  // may be one past the end
+      for (int64_t q = 0; q < kChunkBlocks * bs * 2; q += 64) _mm_prefetch(reinterpret_cast<const char*>(next + q), _MM_HINT_T0);
+      const __m256i m = bs == 32 ? absmax_bits16_x16<2>(xc) : (bs == 64 ? absmax_bits16_x16<4>(xc) : absmax_bits16_x16<8>(xc));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(bits), m);
+      // To float32: the bits to the high half (lanes 0-3, 8-11 | 4-7, 12-15 before the lane swap).
+      const __m256i lo = _mm256_unpacklo_epi16(_mm256_setzero_si256(), m), hi = _mm256_unpackhi_epi16(_mm256_setzero_si256(), m);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.absmax + c0), _mm256_permute2x128_si256(lo, hi, 0x20));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.absmax + c0 + 8), _mm256_permute2x128_si256(lo, hi, 0x31));
+    } else {
+      for (int64_t b = c0; b < c1; ++b) {
+        const int64_t begin = b * bs;
+        bits[b - c0] = absmax_bits16(x, begin, begin + bs < n ? begin + bs : n);
+        a.absmax[b] = bf16_to_f32(bits[b - c0]);
+      }
+    }
+    if (whole && bs == 64) {  // the common case: one 32-byte store per block
+      const uint16_t* xc = x + c0 * 64;
+      uint8_t* out = packed + c0 * 32;
+      for (int q = 0; q < kChunkBlocks; ++q) {
+        const uint16_t amax = bits[q];
+        const int e = amax >> 7;
+        if (e >= exp_min && e <= kBf16ExpMax) {
+          code64_bf16(xc + 64 * q, out + 32 * q, bf16_block(th, amax), code);
+        } else {
+          quantize_blocks_t<KBIT_CPU_BF16>(a, sc, search, c0 + q, c0 + q + 1);
+        }
+      }
+      continue;
+    }
+    for (int64_t b = c0; b < c1; ++b) {
+      const int64_t begin = b * bs;
+      const int64_t end = begin + bs < n ? begin + bs : n;
+      const uint16_t amax = bits[b - c0];
+      const int e = amax >> 7;
+      if (e < exp_min || e > kBf16ExpMax || ((end - begin) & 31) != 0) {
+        quantize_blocks_t<KBIT_CPU_BF16>(a, sc, search, b, b + 1);  // zero, tiny, huge, Inf, NaN; a short last block
+      } else {
+        code_block_bf16(x, packed, th, code, amax, begin, end);
+      }
+    }
+  }
+}
+
 void quantize_blocks(const Quantize4bitArgs& a, const SortedCode<16>& sc, int64_t b0, int64_t b1) {
   const Search16 search(sc);
   if (!search.inside) {  // not for NF4 / FP4; kept exact for any table
@@ -450,7 +719,15 @@ void quantize_blocks(const Quantize4bitArgs& a, const SortedCode<16>& sc, int64_
   }
   switch (a.dtype) {
     case KBIT_CPU_F16: quantize_blocks_t<KBIT_CPU_F16>(a, sc, search, b0, b1); break;
-    case KBIT_CPU_BF16: quantize_blocks_t<KBIT_CPU_BF16>(a, sc, search, b0, b1); break;
+    case KBIT_CPU_BF16: {
+      const Bf16Thresholds& th = bf16_thresholds(a.quant_type, sc);
+      if (th.ok) {
+        quantize_blocks_bf16(a, sc, search, th, b0, b1);
+      } else {
+        quantize_blocks_t<KBIT_CPU_BF16>(a, sc, search, b0, b1);
+      }
+      break;
+    }
     default: quantize_blocks_t<KBIT_CPU_F32>(a, sc, search, b0, b1); break;
   }
 }
