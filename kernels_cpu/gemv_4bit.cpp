@@ -8,6 +8,8 @@
 // high and low nibbles of the 16 bytes each index one full vector, with no shuffle back to element
 // order. avx512: vpmovzxbd + vpermps + FMA. avx2: 8-lane halves, two vpermps + blend per lookup.
 // neon: vqtbl4q lookups. Any other K (or the scalar ISA) takes the portable per-element loop.
+// avx2 with f16/bf16 activations, K % 64 == 0 and blocksize >= 64: the int16 path (below), which is
+// not exact to float32 but stays at the output dtype's rounding.
 #include <cmath>
 
 #include "convert.h"
@@ -139,7 +141,8 @@ void fill_activations(const Gemv4bitArgs& a) {
 //     round(x * 32767 / max|x|), stored in the order the unpacks produce (no shuffle in the loop);
 //   - vpmaddwd sums weight x activation pairs exactly in int32, two of them are added (4 products,
 //     < 2^31) and converted, and each 64-element chunk is scaled by absmax[block] * xscale[chunk].
-// Per 64 weights: 4 vpshufb + 4 unpacks + 4 vpmaddwd, about 0.1 cycles per weight. Weights keep 15
+// Per 64 weights: 4 vpshufb + 4 unpacks + 4 vpmaddwd; measured 7.3 cycles per 64 weights on one Zen 4
+// core (4096x4096 bf16: 0.69 ms one thread, 0.43 ms two; the float path takes 1.95 ms). Weights keep 15
 // bits (relative to max|code|) and activations 16 (relative to their chunk's max), above bf16's 8 and
 // f16's 11 significant bits. Against the exact product, the mean error is the output rounding's for
 // bf16 (1.02x) and 1.2x it for f16 (1.4x with activation outliers 50x the rest in every chunk); no
