@@ -229,28 +229,25 @@ void rows_int16(const Gemv4bitArgs& a, const int16_t* xi, const float* sc, const
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* p = a.B + r * (a.K / 2);
     const int64_t g = r * chunks;  // global chunk index of the row's first chunk
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    // acc += chunk c's sums * absmax[its block] * its activation scale
+    const auto step = [&](int64_t c, __m256 acc) {
+      const __m256 f = chunk_dot(p + 32 * c, xi + kIntChunk * c, tl, th, low4);
+      return _mm256_fmadd_ps(_mm256_mul_ps(f, _mm256_broadcast_ss(a.absmax + ((g + c) >> shift))),
+                             _mm256_broadcast_ss(sc + c), acc);
+    };
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();  // two chains: the FMA latency
     int64_t c = 0;
     for (; c + 2 <= chunks; c += 2) {
-      const __m256 f0 = chunk_dot(p + 32 * c, xi + kIntChunk * c, tl, th, low4);
-      const __m256 f1 = chunk_dot(p + 32 * c + 32, xi + kIntChunk * c + kIntChunk, tl, th, low4);
-      acc0 = _mm256_fmadd_ps(_mm256_mul_ps(f0, _mm256_broadcast_ss(a.absmax + ((g + c) >> shift))),
-                             _mm256_broadcast_ss(sc + c), acc0);
-      acc1 = _mm256_fmadd_ps(_mm256_mul_ps(f1, _mm256_broadcast_ss(a.absmax + ((g + c + 1) >> shift))),
-                             _mm256_broadcast_ss(sc + c + 1), acc1);
+      acc0 = step(c, acc0);
+      acc1 = step(c + 1, acc1);
     }
-    if (c < chunks) {
-      const __m256 f0 = chunk_dot(p + 32 * c, xi + kIntChunk * c, tl, th, low4);
-      acc0 = _mm256_fmadd_ps(_mm256_mul_ps(f0, _mm256_broadcast_ss(a.absmax + ((g + c) >> shift))),
-                             _mm256_broadcast_ss(sc + c), acc0);
-    }
+    if (c < chunks) acc0 = step(c, acc0);
     store_scalar(a.out, a.dtype, r, hsum8(_mm256_add_ps(acc0, acc1)));
   }
 }
 
-// True (and the rows done) where the int16 path applies; see above.
-template <class ParallelRows>
-bool try_int16(const Gemv4bitArgs& a, ParallelRows&& parallel_rows) {
+// Fills wcode, xi and sc where the int16 path applies (see above); false where it does not.
+bool prepare_int16(const Gemv4bitArgs& a, int16_t* wcode, int16_t* xi, float* sc) {
   if (a.dtype == KBIT_CPU_F32 || a.K % kIntChunk != 0 || a.blocksize < kIntChunk) return false;
   double cmax = 0.0;
   for (int j = 0; j < 16; ++j) {
@@ -259,14 +256,8 @@ bool try_int16(const Gemv4bitArgs& a, ParallelRows&& parallel_rows) {
     cmax = m > cmax ? m : cmax;
   }
   if (cmax == 0.0) return false;
-  int16_t wcode[16];
   for (int j = 0; j < 16; ++j) wcode[j] = static_cast<int16_t>(std::nearbyint(a.code[j] * kCodeLevels / cmax));
-  // Scratch: K int16 activations, then K / 64 chunk scales (the caller's act buffer holds K + 32 floats).
-  int16_t* xi = reinterpret_cast<int16_t*>(a.act);
-  float* sc = a.act + a.K / 2;
-  if (!fill_int16(a, xi, sc, cmax / kCodeLevels)) return false;
-  parallel_rows([&](int64_t r0, int64_t r1) { rows_int16(a, xi, sc, wcode, r0, r1); });
-  return true;
+  return fill_int16(a, xi, sc, cmax / kCodeLevels);
 }
 
 inline __m256 lookup8(__m256i idx, __m256 lo, __m256 hi) {
@@ -360,10 +351,14 @@ void gemv_4bit(const Gemv4bitArgs& a) {
   const bool vector = kVectorPath && a.K % kChunk == 0;
   const int64_t min_rows = kMinWeightsPerThread / (a.K > 0 ? a.K : 1) + 1;
 #if defined(KBIT_ISA_AVX2)
-  const auto parallel_rows = [&](auto&& rows) {
-    parallel_for(a.N, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int) { rows(r0, r1); });
-  };
-  if (try_int16(a, parallel_rows)) return;
+  // Scratch for the int16 path: K int16 activations, then K / 64 chunk scales (act holds K + 32 floats).
+  int16_t wcode[16];
+  int16_t* xi = reinterpret_cast<int16_t*>(a.act);
+  float* sc = a.act + a.K / 2;
+  if (prepare_int16(a, wcode, xi, sc)) {
+    parallel_for(a.N, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int) { rows_int16(a, xi, sc, wcode, r0, r1); });
+    return;
+  }
 #endif
 #if defined(KBIT_ISA_AVX512) || defined(KBIT_ISA_AVX2) || defined(KBIT_ISA_NEON)
   if (vector) {

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "convert.h"
 #include "dispatch.h"
 #include "kbit_cpu.h"
 
@@ -118,18 +119,6 @@ struct Grid256 {
   uint32_t entry[2 * kGridMaxCellsPerSign];
 };
 
-inline uint32_t grid_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
-
-inline float grid_float(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
 // Builds g for the sorted code sc (sets g.ok; g.code is left to the caller).
 inline void build_grid(const SortedCode<256>& sc, Grid256& g) {
   g.built = true;
@@ -148,15 +137,15 @@ inline void build_grid(const SortedCode<256>& sc, Grid256& g) {
       const uint32_t offset = static_cast<uint32_t>(negative ? g.cells - 1 - c : c - g.cells);
       const uint32_t lo = offset == 0 ? 0u : kGridLowBits + (offset << g.shift);
       const uint32_t hi = kGridLowBits + ((offset + 1) << g.shift) - 1;
-      const float first = negative ? -grid_float(hi) : grid_float(lo);
-      const float last = negative ? -grid_float(lo) : grid_float(hi);
+      const float first = negative ? -bits_f32(hi) : bits_f32(lo);
+      const float last = negative ? -bits_f32(lo) : bits_f32(hi);
       while (k + 1 < kPositions && sc.bounds[k] < first) ++k;
       int inside = 0;  // boundaries b with first <= b < last: the only ones whose side depends on x
       while (k + inside + 1 < kPositions && sc.bounds[k + inside] < last) ++inside;
       fits = inside <= (offset == 0 ? 0 : 1);
       uint32_t low = g.low_mask;  // no boundary: never passed
       if (inside == 1) {
-        const uint32_t b = (grid_bits(sc.bounds[k]) & kAbsBits) - kGridLowBits;
+        const uint32_t b = (f32_bits(sc.bounds[k]) & kAbsBits) - kGridLowBits;
         low = negative ? g.low_mask - (b & g.low_mask) : b & g.low_mask;
       }
       g.entry[c] = static_cast<uint32_t>(k) << kGridBaseShift | low;
@@ -171,7 +160,7 @@ inline void build_grid(const SortedCode<256>& sc, Grid256& g) {
 
 // Sorted position of x (clamped to [-1, 1] or NaN) by the grid (g.ok).
 inline int grid_position(const Grid256& g, float x) {
-  const uint32_t u = grid_bits(x), a = u & kAbsBits, negative = (u >> 31) != 0 ? ~0u : 0u;
+  const uint32_t u = f32_bits(x), a = u & kAbsBits, negative = (u >> 31) != 0 ? ~0u : 0u;
   const uint32_t t = a > kGridLowBits ? a - kGridLowBits : 0u;
   uint32_t offset = t >> g.shift;
   offset = offset < static_cast<uint32_t>(g.cap) ? offset : static_cast<uint32_t>(g.cap);

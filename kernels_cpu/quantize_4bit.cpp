@@ -65,6 +65,17 @@ float block_absmax_scalar(const Quantize4bitArgs& a, int64_t begin, int64_t end)
   return nan ? __builtin_nanf("") : m;
 }
 
+// Blocks [b0, b1) element by element: the scalar ISA, and code tables the vector searches do not take.
+void quantize_blocks_portable(const Quantize4bitArgs& a, const SortedCode<16>& sc, int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t begin = b * a.blocksize;
+    const int64_t end = begin + a.blocksize < a.n ? begin + a.blocksize : a.n;
+    const float amax = block_absmax_scalar(a, begin, end);
+    a.absmax[b] = amax;
+    quantize_span_scalar(a, sc, inverse_scale(amax), begin, end);
+  }
+}
+
 #if defined(KBIT_ISA_AVX512)
 // Sorted position by grid cells: the scaled range [-1, 1] is cut into 32 cells of 1/16; a cell's
 // position starts at base[cell] (boundaries below the cell) and adds one for each of its at most
@@ -237,13 +248,7 @@ void quantize_blocks_dt(const Quantize4bitArgs& a, const SortedCode<16>& sc, con
 void quantize_blocks(const Quantize4bitArgs& a, const SortedCode<16>& sc, int64_t b0, int64_t b1) {
   const CellSearch search(sc);
   if (search.candidates > kMaxCandidates) {  // not for NF4 / FP4; kept exact for any table
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t begin = b * a.blocksize;
-      const int64_t end = begin + a.blocksize < a.n ? begin + a.blocksize : a.n;
-      const float amax = block_absmax_scalar(a, begin, end);
-      a.absmax[b] = amax;
-      quantize_span_scalar(a, sc, inverse_scale(amax), begin, end);
-    }
+    quantize_blocks_portable(a, sc, b0, b1);
     return;
   }
   switch (a.dtype) {
@@ -708,13 +713,7 @@ void quantize_blocks_bf16(const Quantize4bitArgs& a, const SortedCode<16>& sc, c
 void quantize_blocks(const Quantize4bitArgs& a, const SortedCode<16>& sc, int64_t b0, int64_t b1) {
   const Search16 search(sc);
   if (!search.inside) {  // not for NF4 / FP4; kept exact for any table
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t begin = b * a.blocksize;
-      const int64_t end = begin + a.blocksize < a.n ? begin + a.blocksize : a.n;
-      const float amax = block_absmax_scalar(a, begin, end);
-      a.absmax[b] = amax;
-      quantize_span_scalar(a, sc, inverse_scale(amax), begin, end);
-    }
+    quantize_blocks_portable(a, sc, b0, b1);
     return;
   }
   switch (a.dtype) {
@@ -733,13 +732,7 @@ void quantize_blocks(const Quantize4bitArgs& a, const SortedCode<16>& sc, int64_
 }
 #else
 void quantize_blocks(const Quantize4bitArgs& a, const SortedCode<16>& sc, int64_t b0, int64_t b1) {
-  for (int64_t b = b0; b < b1; ++b) {
-    const int64_t begin = b * a.blocksize;
-    const int64_t end = begin + a.blocksize < a.n ? begin + a.blocksize : a.n;
-    const float amax = block_absmax_scalar(a, begin, end);
-    a.absmax[b] = amax;
-    quantize_span_scalar(a, sc, inverse_scale(amax), begin, end);
-  }
+  quantize_blocks_portable(a, sc, b0, b1);
 }
 #endif
 

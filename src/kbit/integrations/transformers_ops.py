@@ -102,44 +102,54 @@ class _Deserialize(ConversionOps):
     def __init__(self, hf_quantizer):
         self.hf_quantizer = hf_quantizer
 
+    #: The quantized module class this op rebuilds weights for; other modules get a plain parameter.
+    module_type: type
+
     @property
     def reverse_op(self) -> ConversionOps:
         return KeepSerialized()
+
+    def convert(self, input_dict: dict, model=None, full_layer_name: str | None = None, **kwargs) -> dict:
+        tensors, weight, module = _collected(input_dict, model, full_layer_name)
+        if not isinstance(module, self.module_type):
+            return {WEIGHT: _plain(model, full_layer_name, weight)}
+        module._is_hf_initialized = True
+        return {WEIGHT: self.rebuild(tensors, weight, module, full_layer_name)}
+
+    def rebuild(self, tensors: dict, weight: torch.Tensor, module, full_layer_name: str):
+        """The parameter for `module` from its checkpoint weight and the tensors stored beside it."""
+        raise NotImplementedError
 
 
 class Kbit4bitDeserialize(_Deserialize):
     """Packed 4-bit weight + its QuantState tensors -> ``Params4bit`` (bitsandbytes key format)."""
 
-    def convert(self, input_dict: dict, model=None, full_layer_name: str | None = None, **kwargs) -> dict:
-        tensors, weight, module = _collected(input_dict, model, full_layer_name)
-        if not isinstance(module, Linear4bit):
-            return {WEIGHT: _plain(model, full_layer_name, weight)}
-        module._is_hf_initialized = True
+    module_type = Linear4bit
+
+    def rebuild(self, tensors, weight, module, full_layer_name):
         if not tensors:
             if not weight.is_floating_point():
                 raise ValueError(f"kbit.integrations.transformers: {full_layer_name} is packed 4-bit data without its quant_state ('{WEIGHT}.absmax', '{WEIGHT}.quant_state.bitsandbytes__<type>')")
-            return {WEIGHT: quantized_weight(module, weight)}  # a layer the checkpoint kept in float
+            return quantized_weight(module, weight)  # a layer the checkpoint kept in float
         param = Params4bit.from_prequantized(weight, tensors, requires_grad=False, device=weight.device, module=module)
         expected = (module.out_features, module.in_features)
         if tuple(param.quant_state.shape) != expected:
             raise ValueError(f"kbit.integrations.transformers: {full_layer_name} holds a {tuple(param.quant_state.shape)} weight, the model expects {expected}")
         module.quant_storage = weight.dtype
-        return {WEIGHT: param}
+        return param
 
 
 class Kbit8bitDeserialize(_Deserialize):
     """int8 weight + ``SCB`` row scales (+ ``weight_format``) -> ``Int8Params`` (bitsandbytes key format)."""
 
-    def convert(self, input_dict: dict, model=None, full_layer_name: str | None = None, **kwargs) -> dict:
-        tensors, weight, module = _collected(input_dict, model, full_layer_name)
-        if not isinstance(module, Linear8bitLt):
-            return {WEIGHT: _plain(model, full_layer_name, weight)}
-        module._is_hf_initialized = True
+    module_type = Linear8bitLt
+
+    def rebuild(self, tensors, weight, module, full_layer_name):
         fmt = tensors.pop(WEIGHT_FORMAT, None)
         if fmt is not None and int(fmt.item()) != 0:
             raise ValueError(f"kbit.integrations.transformers: {full_layer_name} has weight_format {int(fmt.item())}; only the row-major layout (0) is supported")
         if weight.dtype != torch.int8:
-            return {WEIGHT: quantized_weight(module, weight)}  # a layer the checkpoint kept in float
+            return quantized_weight(module, weight)  # a layer the checkpoint kept in float
         if SCB not in tensors:
             raise ValueError(f"kbit.integrations.transformers: {full_layer_name} is an int8 weight without its row scales (SCB)")
         expected = (module.out_features, module.in_features)
@@ -147,4 +157,4 @@ class Kbit8bitDeserialize(_Deserialize):
             raise ValueError(f"kbit.integrations.transformers: {full_layer_name} holds a {tuple(weight.shape)} weight, the model expects {expected}")
         CB = weight.contiguous()
         module.state.CB = module.state.SCB = None
-        return {WEIGHT: Int8Params(CB, requires_grad=False, has_fp16_weights=False, CB=CB, SCB=tensors[SCB].to(torch.float32))}
+        return Int8Params(CB, requires_grad=False, has_fp16_weights=False, CB=CB, SCB=tensors[SCB].to(torch.float32))

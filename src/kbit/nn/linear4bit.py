@@ -9,6 +9,7 @@ import torch
 from .. import formats
 from ..autograd.matmul_4bit import matmul_4bit
 from ..functional.quant_state import QuantState
+from ._bias import bias_for
 from .params4bit import Params4bit
 
 log = logging.getLogger("kbit")
@@ -83,12 +84,7 @@ class Linear4bit(torch.nn.Linear):
         input_dtype = x.dtype
         if self.compute_dtype is not None:
             x = x.to(self.compute_dtype)
-        bias = self.bias
-        if bias is not None and bias.dtype != x.dtype:
-            if torch.compiler.is_compiling():
-                bias = bias.to(x.dtype)  # a traced graph cannot swap a parameter's dtype in place
-            else:
-                bias.data = bias.data.to(x.dtype)
+        bias = bias_for(self.bias, x.dtype)
         return matmul_4bit(x, self.weight.t(), quant_state=quant_state, bias=bias).to(input_dtype)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):

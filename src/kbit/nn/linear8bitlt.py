@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..autograd.matmul_8bit import MatmulLtState, matmul
+from ._bias import bias_for
 from .int8_params import Int8Params
 
 #: Weight layouts a checkpoint's ``weight_format`` may name; only "row" (0) is stored by kbit.
@@ -98,12 +99,7 @@ class Linear8bitLt(torch.nn.Linear):
             self.weight = w = w._quantize(w.device)
         if w.CB is not None:
             self.init_8bit_state()
-        bias = self.bias
-        if bias is not None and bias.dtype != x.dtype:
-            if torch.compiler.is_compiling():
-                bias = bias.to(x.dtype)  # a traced graph cannot swap a parameter's dtype in place
-            else:
-                bias.data = bias.data.to(x.dtype)
+        bias = bias_for(self.bias, x.dtype)
         out = matmul(x, self.weight, bias=bias, state=self.state)
         if not self.state.has_fp16_weights and self.state.CB is not None:
             self.weight.data = self.state.CB
