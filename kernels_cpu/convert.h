@@ -25,6 +25,16 @@ namespace KBIT_NS {
 constexpr uint16_t kBf16Nan = 0xFFFF;
 constexpr uint16_t kF16QuietNan = 0x7E00;
 
+// Keeps the compiler from re-deriving a shifted copy of `x` from its first value (which costs a move
+// and a shift per byte instead of one shift per two bytes) in the table lookups of 8 packed indices.
+#define KBIT_OPAQUE(x) __asm__("" : "+r"(x))
+
+inline uint64_t load_u64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
 inline uint32_t f32_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);

@@ -64,10 +64,6 @@ void dequantize_blocks(const DequantizeBlockwiseArgs& a, int64_t b0, int64_t b1)
 #elif defined(KBIT_ISA_AVX2)
 constexpr int64_t kLutMinBlock = 256;
 
-// Keeps the compiler from re-deriving a shifted copy of `x` from its first value (which costs a move
-// and a shift per byte instead of one shift per two bytes).
-#define KBIT_OPAQUE(x) __asm__("" : "+r"(x))
-
 inline __m128i load_u32(const uint16_t* p) {
   int32_t v;
   std::memcpy(&v, p, sizeof v);
@@ -91,12 +87,6 @@ inline __m128i lookup8_lut(const uint16_t* lut, uint64_t w) {
   KBIT_OPAQUE(w);
   r = _mm_insert_epi16(r, lut[w & 0xFF], 6);
   return _mm_insert_epi16(r, lut[w >> 8], 7);
-}
-
-inline uint64_t load_u64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
 }
 
 void dequantize_blocks(const DequantizeBlockwiseArgs& a, int64_t b0, int64_t b1) {

@@ -152,29 +152,6 @@ inline void dequantize(const uint8_t* codes, const Tables& t, bool first_map, fl
 }
 
 #if defined(KBIT_ISA_AVX2)
-// Keeps the compiler from re-deriving a shifted copy of `x` from its first value (a move and a shift
-// per byte instead of one shift per two bytes).
-#define KBIT_OPAQUE(x) __asm__("" : "+r"(x))
-
-// table[bytes of w, low first]: vmovss and three vinsertps from memory, the indices taken out of w by
-// movzx of its low two bytes and a shift.
-inline __m128 lookup4_word(const float* table, uint32_t w) {
-  __m128 r = _mm_load_ss(table + (w & 0xFF));
-  r = _mm_insert_ps(r, _mm_load_ss(table + ((w >> 8) & 0xFF)), 0x10);
-  w >>= 16;
-  KBIT_OPAQUE(w);
-  r = _mm_insert_ps(r, _mm_load_ss(table + (w & 0xFF)), 0x20);
-  return _mm_insert_ps(r, _mm_load_ss(table + (w >> 8)), 0x30);
-}
-
-// table[q[0..7]] as lookup8, from one 64-bit load of the codes (fewer loads: ~3% faster here).
-inline __m256 lookup8_word(const float* table, const uint8_t* q) {
-  uint64_t w;
-  std::memcpy(&w, q, sizeof w);
-  const __m128 lo = lookup4_word(table, static_cast<uint32_t>(w)), hi = lookup4_word(table, static_cast<uint32_t>(w >> 32));
-  return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
-}
-
 // max|x| over 8 lanes of raw bits (sign cleared: unsigned order is float order and NaN is above
 // infinity, so the integer max propagates NaN like torch's amax).
 inline uint32_t reduce_max_bits(__m256i m) {
@@ -425,8 +402,8 @@ void adam_block(const OptimizerUpdate8bitArgs& a, const RuleConstants& c, const 
     const __m256 g = _mm256_mul_ps(graw, gnorm);
     // bad: |g| > FLT_MAX or NaN; frozen (skip_zeros): g == 0 and not bad
     const __m256 bad = _mm256_cmp_ps(_mm256_and_ps(g, abs_mask), float_max, _CMP_NLE_UQ);
-    const __m256 s1 = _mm256_mul_ps(lookup8_word(t.qmap1, codes1 + j), scale1);
-    const __m256 s2 = _mm256_mul_ps(lookup8_word(t.qmap2, codes2 + j), scale2);
+    const __m256 s1 = _mm256_mul_ps(lookup8(t.qmap1, codes1 + j), scale1);
+    const __m256 s2 = _mm256_mul_ps(lookup8(t.qmap2, codes2 + j), scale2);
     const __m256 m = _mm256_add_ps(_mm256_mul_ps(s1, beta1), _mm256_mul_ps(g, one_minus_beta1));
     const __m256 v = _mm256_add_ps(_mm256_mul_ps(s2, beta2), _mm256_mul_ps(_mm256_mul_ps(g, g), one_minus_beta2));
     const __m256 u = _mm256_div_ps(_mm256_div_ps(m, c1), _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(v), c2), eps));
