@@ -196,63 +196,14 @@ inline void code8(const float* x, __m256 inv, const Tables& t, const Grid256& gr
   _mm_storel_epi64(reinterpret_cast<__m128i*>(codes), _mm_packus_epi16(words, words));
 }
 
-// Grid entries held in vectors for the loops below.
-struct GridVectors {
-  const int* entry;
-  __m128i shift;
-  __m256i cap, cells, low_mask;
-  explicit GridVectors(const Grid256& g)
-      : entry(reinterpret_cast<const int*>(g.entry)), shift(_mm_cvtsi32_si128(g.shift)), cap(_mm256_set1_epi32(g.cap)),
-        cells(_mm256_set1_epi32(g.cells)), low_mask(_mm256_set1_epi32(static_cast<int32_t>(g.low_mask))) {}
-};
-
-// First half of grid_positions8 for a full block: the cell (entry index) and the compared low bits of
-// every scaled value x * inv, stored. kFinite: the block's absmax is finite, so no scaled value is NaN
-// and no offset reaches the NaN cell (cap).
+// First half of the grid search for a full block: the cells and compared low bits of every scaled
+// value x * inv (clamped to [-1, 1]), stored. kFinite: the block's absmax is finite.
 template <bool kFinite>
 inline void grid_cells(const float* x, __m256 inv, const GridVectors& g, int32_t* cell, int32_t* low) {
   const __m256 one = _mm256_set1_ps(1.0f), minus_one = _mm256_set1_ps(-1.0f);
-  for (int64_t k = 0; k < kBlock; k += 8) {
-    const __m256 s = _mm256_max_ps(minus_one, _mm256_min_ps(one, _mm256_mul_ps(_mm256_loadu_ps(x + k), inv)));
-    const __m256i u = _mm256_castps_si256(s);
-    const __m256i a = _mm256_and_si256(u, _mm256_set1_epi32(static_cast<int32_t>(kAbsBits)));
-    const __m256i t = _mm256_max_epi32(_mm256_sub_epi32(a, _mm256_set1_epi32(static_cast<int32_t>(kGridLowBits))),
-                                       _mm256_setzero_si256());
-    __m256i offset = _mm256_srl_epi32(t, g.shift);
-    if (!kFinite) offset = _mm256_min_epu32(offset, g.cap);
-    const __m256i negative = _mm256_srai_epi32(u, 31);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(cell + k), _mm256_add_epi32(g.cells, _mm256_xor_si256(offset, negative)));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(low + k), _mm256_and_si256(_mm256_xor_si256(t, negative), g.low_mask));
-  }
-}
-
-// Second half: the positions of 8 stored cells, their entries read by scalar loads (the cells come back
-// from memory two per 64-bit load) merged by vpinsrd.
-inline __m256i cell_positions8(const GridVectors& g, const int32_t* cell, const int32_t* low) {
-  uint64_t c01, c23, c45, c67;
-  std::memcpy(&c01, cell, sizeof c01);
-  std::memcpy(&c23, cell + 2, sizeof c23);
-  std::memcpy(&c45, cell + 4, sizeof c45);
-  std::memcpy(&c67, cell + 6, sizeof c67);
-  const int* e = g.entry;
-  __m128i lo = _mm_cvtsi32_si128(e[static_cast<uint32_t>(c01)]), hi = _mm_cvtsi32_si128(e[static_cast<uint32_t>(c45)]);
-  lo = _mm_insert_epi32(lo, e[c01 >> 32], 1);
-  hi = _mm_insert_epi32(hi, e[c45 >> 32], 1);
-  lo = _mm_insert_epi32(lo, e[static_cast<uint32_t>(c23)], 2);
-  hi = _mm_insert_epi32(hi, e[static_cast<uint32_t>(c67)], 2);
-  lo = _mm_insert_epi32(lo, e[c23 >> 32], 3);
-  hi = _mm_insert_epi32(hi, e[c67 >> 32], 3);
-  const __m256i entries = _mm256_set_m128i(hi, lo);
-  const __m256i passed = _mm256_cmpgt_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(low)),
-                                            _mm256_and_si256(entries, g.low_mask));
-  return _mm256_sub_epi32(_mm256_srli_epi32(entries, kGridBaseShift), passed);
-}
-
-// codes[0..15] = the 16 positions of i0 (first 8) and i1.
-inline void store_codes16(uint8_t* codes, __m256i i0, __m256i i1) {
-  const __m256i w = _mm256_packus_epi32(i0, i1);  // i0[0..3] i1[0..3] | i0[4..7] i1[4..7]
-  const __m128i b = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(codes), _mm_shuffle_epi32(b, _MM_SHUFFLE(3, 1, 2, 0)));
+  for (int64_t k = 0; k < kBlock; k += 8)
+    grid_cells8<kFinite>(_mm256_max_ps(minus_one, _mm256_min_ps(one, _mm256_mul_ps(_mm256_loadu_ps(x + k), inv))), g,
+                         cell + k, low + k);
 }
 
 void code_grid(const float* x, int64_t len, float absmax, const Tables& t, const Grid256& grid, bool signed_map,

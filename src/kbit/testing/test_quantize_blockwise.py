@@ -53,6 +53,24 @@ def test_zero_block_non_contiguous_and_extremes(provider, device):
         check(provider, torch.randn(300, device=device) * scale, code, 64)
 
 
+@pytest.mark.parametrize("blocksize", [64, 300, 4096])
+@pytest.mark.parametrize("dtype", formats.FLOAT_DTYPES)
+def test_non_finite(provider, device, blocksize, dtype):
+    """NaN and +-Inf: the block's absmax is NaN (Inf), NaN takes the last code, and backends match the
+    reference bit for bit (absmax compared as bits, NaN included)."""
+    A = torch.randn(5000) * 3
+    A[17], A[2500], A[4200] = float("nan"), float("inf"), float("-inf")
+    A = A.to(dtype).to(device)
+    code = create_dynamic_map().to(device)
+    q, absmax = provider(OP, A, code, blocksize)
+    assert torch.isnan(absmax[17 // blocksize]) and int(q[17]) == 255
+    assert torch.isinf(absmax[2500 // blocksize]) or torch.isnan(absmax[2500 // blocksize])
+    if not provider.is_reference:
+        ref_q, ref_absmax = provider.reference(OP, A, code, blocksize)
+        assert torch.equal(q.cpu(), ref_q.cpu())
+        assert torch.equal(absmax.cpu().view(torch.int32), ref_absmax.cpu().view(torch.int32))
+
+
 @given(n=st.integers(1, 3000), blocksize=st.integers(1, 5000), seed=st.integers(0, 2**16))
 def test_property_random(provider, n, blocksize, seed):
     g = torch.Generator().manual_seed(seed)
