@@ -2,12 +2,57 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sys
+
 import torch
 from kbit.backends import Unsupported
 
 from ._abi import DTYPE_TAGS
 
 _TAGS = {getattr(torch, name): tag for name, tag in DTYPE_TAGS.items()}
+
+
+#: Outputs of at least this many bytes are advised to use transparent huge pages (see output()).
+HUGE_OUTPUT_BYTES = 4 << 20
+_HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14
+
+
+def _load_madvise():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_madvise = _load_madvise()
+
+
+def output(shape, dtype: torch.dtype) -> torch.Tensor:
+    """A new output tensor for a kernel to fill (``torch.empty``).
+
+    Large outputs come from fresh mappings whose first write faults in every 4 KiB page; on Linux the
+    whole 2 MiB pages inside one are advised to be transparent huge pages (MADV_HUGEPAGE, which the
+    kernel honours when transparent_hugepage is ``madvise`` or ``always``) before the kernel writes
+    them: one fault per 2 MiB. Measured on the 2-core VM: quantize_blockwise of 11008x4096 bf16 36 ->
+    24 ms (the kernel alone: 20 ms). Advice only: any failure leaves the tensor as it is.
+    """
+    t = torch.empty(shape, dtype=dtype)
+    nbytes = t.numel() * t.element_size()
+    if _madvise is not None and nbytes >= HUGE_OUTPUT_BYTES:
+        start = t.data_ptr()
+        lo = (start + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
+        hi = (start + nbytes) & ~(_HUGE_PAGE - 1)
+        if hi > lo:
+            _madvise(lo, hi - lo, _MADV_HUGEPAGE)
+    return t
 
 
 def ptr(t: torch.Tensor | None) -> int | None:
@@ -54,7 +99,7 @@ def float32_vector(op: str, name: str, t: torch.Tensor, needed: int) -> torch.Te
 
 def writable(out: torch.Tensor) -> torch.Tensor:
     """``out`` itself if the kernel can write it directly, else a contiguous scratch to copy back with finish()."""
-    return out if out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype)
+    return out if out.is_contiguous() else output(out.shape, out.dtype)
 
 
 def finish(out: torch.Tensor, written: torch.Tensor) -> None:

@@ -7,7 +7,7 @@ from kbit import formats
 from kbit.backends import Unsupported
 
 from . import _abi
-from ._tensors import dtype_tag, finish, float32_vector, on_cpu, ptr, threads, writable
+from ._tensors import dtype_tag, finish, float32_vector, on_cpu, output, ptr, threads, writable
 
 #: Entries of a blockwise code (the kernels index it with a byte).
 CODE_SIZE = 256
@@ -26,8 +26,8 @@ def quantize_blockwise(A, code, blocksize):
     table = _code(op, code)
     n = A.numel()
     A = A.contiguous()
-    out = torch.empty(A.shape, dtype=torch.uint8)
-    absmax = torch.empty(formats.num_blocks(n, blocksize), dtype=torch.float32)
+    out = output(A.shape, torch.uint8)
+    absmax = output(formats.num_blocks(n, blocksize), torch.float32)
     _abi.call(op, "kbit_cpu_quantize_blockwise", ptr(A), tag, n, ptr(table), blocksize, ptr(out), ptr(absmax), threads())
     return out, absmax
 
@@ -46,7 +46,7 @@ def _dequantize_into(A, absmax, code, blocksize, out):
 
 
 def dequantize_blockwise(A, absmax, code, blocksize, dtype):
-    out = torch.empty(A.shape, dtype=dtype)
+    out = output(A.shape, dtype)
     _dequantize_into(A, absmax, code, blocksize, out)
     return out
 

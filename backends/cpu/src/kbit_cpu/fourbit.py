@@ -13,7 +13,7 @@ from kbit import formats
 from kbit.backends import Unsupported
 
 from . import _abi
-from ._tensors import dtype_tag, finish, float32_vector, on_cpu, packed_bytes, ptr, threads, writable
+from ._tensors import dtype_tag, finish, float32_vector, on_cpu, output, packed_bytes, ptr, threads, writable
 
 #: M above which gemm_4bit dequantizes the weight once (in A.dtype) and lets torch multiply.
 GEMM_FUSED_MAX_M = 64
@@ -35,8 +35,8 @@ def quantize_4bit(A, blocksize, quant_type, quant_storage):
         raise Unsupported(f"kbit-cpu {op}: {(n + 1) // 2} bytes do not fill whole {quant_storage} elements")
     tag, qt = dtype_tag(op, A.dtype), _quant_type_tag(op, quant_type)
     A = A.contiguous()
-    packed = torch.empty((n + 1) // 2, dtype=torch.uint8)
-    absmax = torch.empty(formats.num_blocks(n, blocksize), dtype=torch.float32)
+    packed = output((n + 1) // 2, torch.uint8)
+    absmax = output(formats.num_blocks(n, blocksize), torch.float32)
     _abi.call(op, "kbit_cpu_quantize_4bit", ptr(A), tag, n, blocksize, qt, ptr(packed), ptr(absmax), threads())
     return packed.view(quant_storage).view(count, 1), absmax
 
@@ -50,7 +50,7 @@ def _dequantize_into(op, A, absmax, blocksize, quant_type, n, out):
 
 
 def dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype):
-    out = torch.empty(list(shape), dtype=dtype)
+    out = output(list(shape), dtype)
     _dequantize_into("dequantize_4bit", A, absmax, blocksize, quant_type, out.numel(), out)
     return out
 
@@ -78,7 +78,7 @@ def _gemv_into(A, B, shapeB, absmax, code, blocksize, out):
 
 
 def gemv_4bit(A, B, shapeB, absmax, code, blocksize):
-    out = torch.empty((*A.shape[:-1], shapeB[0]), dtype=A.dtype)
+    out = output((*A.shape[:-1], shapeB[0]), A.dtype)
     _gemv_into(A, B, shapeB, absmax, code, blocksize, out)
     return out
 
@@ -123,7 +123,7 @@ def gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bi
         return torch.nn.functional.linear(A, W, bias)
     A = A.contiguous()
     bias = None if bias is None else bias.contiguous()
-    out = torch.empty((*A.shape[:-1], N), dtype=A.dtype)
+    out = output((*A.shape[:-1], N), A.dtype)
     _abi.call(
         op, "kbit_cpu_gemm_4bit", ptr(A), tag, M, ptr(raw), N, K, ptr(scales), blocksize, qt, ptr(bias),
         ptr(q), ptr(table), offset, ptr(out), threads(),

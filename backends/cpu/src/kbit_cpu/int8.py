@@ -9,7 +9,7 @@ import torch
 from kbit.backends import Unsupported
 
 from . import _abi
-from ._tensors import dtype_tag, finish, float32_vector, on_cpu, ptr, threads, writable
+from ._tensors import dtype_tag, finish, float32_vector, on_cpu, output, ptr, threads, writable
 
 
 def int8_vectorwise_quant(A, threshold=0.0):
@@ -21,8 +21,8 @@ def int8_vectorwise_quant(A, threshold=0.0):
     K = A.shape[-1] if A.dim() else 1
     rows = A.numel() // K if K else 0
     A = A.contiguous()
-    out = torch.empty(A.shape, dtype=torch.int8)
-    stats = torch.empty(rows, dtype=torch.float32)
+    out = output(A.shape, torch.int8)
+    stats = output(rows, torch.float32)
     mask = torch.zeros(K, dtype=torch.uint8) if threshold > 0.0 else None
     _abi.call(op, "kbit_cpu_int8_vectorwise_quant", ptr(A), tag, rows, K, threshold, ptr(out), ptr(stats), ptr(mask), threads())
     cols = None if mask is None else torch.nonzero(mask).view(-1)
@@ -42,7 +42,7 @@ def _matmul_into(A, B, out):
 
 
 def int8_linear_matmul(A, B):
-    out = torch.empty((*A.shape[:-1], B.shape[0]), dtype=torch.int32)
+    out = output((*A.shape[:-1], B.shape[0]), torch.int32)
     _matmul_into(A, B, out)
     return out
 
@@ -62,7 +62,7 @@ def int8_mm_dequant(A, row_stats, col_stats, dtype=None, bias=None):
     tag = dtype_tag(op, dtype)
     N = A.shape[-1] if A.dim() else 1
     rows = A.numel() // N if N else 0
-    out = torch.empty(A.shape, dtype=dtype)
+    out = output(A.shape, dtype)
     if rows == 0:
         return out
     rs = float32_vector(op, "row_stats", row_stats, rows)
