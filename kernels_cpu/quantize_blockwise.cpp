@@ -70,6 +70,20 @@ float span_absmax(const QuantizeBlockwiseArgs& a, int64_t begin, int64_t end) {
   return nan ? __builtin_nanf("") : m;
 }
 
+// Block b of the input: its element range and absmax (stored to a.absmax[b]).
+struct BlockSpan {
+  int64_t begin, end;
+  float absmax;
+};
+
+inline BlockSpan block_span(const QuantizeBlockwiseArgs& a, int64_t b) {
+  const int64_t begin = b * a.blocksize;
+  const int64_t end = begin + a.blocksize < a.n ? begin + a.blocksize : a.n;
+  const float amax = span_absmax(a, begin, end);
+  a.absmax[b] = amax;
+  return {begin, end, amax};
+}
+
 #if defined(KBIT_ISA_AVX2)
 // Sorted positions from the grid of nearest_code.h; the portable loop when the grid does not apply
 // to the code or the call is too small to pay for building it.
@@ -101,10 +115,9 @@ void quantize_blocks_sorted(const QuantizeBlockwiseArgs& a, const Grid256& grid,
   const GridVectors g(grid);
   alignas(32) int32_t cell[kSpan], low[kSpan];
   for (int64_t b = b0; b < b1; ++b) {
-    const int64_t begin = b * a.blocksize;
-    const int64_t end = begin + a.blocksize < a.n ? begin + a.blocksize : a.n;
-    const float amax = span_absmax(a, begin, end);
-    a.absmax[b] = amax;
+    const BlockSpan blk = block_span(a, b);
+    const int64_t begin = blk.begin, end = blk.end;
+    const float amax = blk.absmax;
     const float inv_s = inverse_scale(amax);
     const __m256 inv = _mm256_set1_ps(inv_s);
     const bool finite = (f32_bits(amax) & kAbsBits) < 0x7F800000u;  // then no scaled value is NaN
@@ -125,10 +138,9 @@ void quantize_blocks_grid(const QuantizeBlockwiseArgs& a, const SortedCode<256>&
                           const int32_t* order, int64_t b0, int64_t b1) {
   const __m256 one = _mm256_set1_ps(1.0f), minus_one = _mm256_set1_ps(-1.0f);
   for (int64_t b = b0; b < b1; ++b) {
-    const int64_t begin = b * a.blocksize;
-    const int64_t end = begin + a.blocksize < a.n ? begin + a.blocksize : a.n;
-    const float amax = span_absmax(a, begin, end);
-    a.absmax[b] = amax;
+    const BlockSpan blk = block_span(a, b);
+    const int64_t begin = blk.begin, end = blk.end;
+    const float amax = blk.absmax;
     const float inv_s = inverse_scale(amax);
     const __m256 inv = _mm256_set1_ps(inv_s);
     int64_t i = begin;
@@ -145,10 +157,9 @@ void quantize_blocks_grid(const QuantizeBlockwiseArgs& a, const SortedCode<256>&
 void quantize_blocks(const QuantizeBlockwiseArgs& a, const SortedCode<256>& sc, int64_t b0, int64_t b1) {
   const Search256 search(sc);
   for (int64_t b = b0; b < b1; ++b) {
-    const int64_t begin = b * a.blocksize;
-    const int64_t end = begin + a.blocksize < a.n ? begin + a.blocksize : a.n;
-    const float amax = span_absmax(a, begin, end);
-    a.absmax[b] = amax;
+    const BlockSpan blk = block_span(a, b);
+    const int64_t begin = blk.begin, end = blk.end;
+    const float amax = blk.absmax;
     const __m512 inv = _mm512_set1_ps(inverse_scale(amax));
     const __m512 one = _mm512_set1_ps(1.0f), minus_one = _mm512_set1_ps(-1.0f);
     for (int64_t i = begin; i < end; i += 16) {
@@ -167,10 +178,9 @@ void quantize_span_scalar(const QuantizeBlockwiseArgs& a, const SortedCode<256>&
 
 void quantize_blocks(const QuantizeBlockwiseArgs& a, const SortedCode<256>& sc, int64_t b0, int64_t b1) {
   for (int64_t b = b0; b < b1; ++b) {
-    const int64_t begin = b * a.blocksize;
-    const int64_t end = begin + a.blocksize < a.n ? begin + a.blocksize : a.n;
-    const float amax = span_absmax(a, begin, end);
-    a.absmax[b] = amax;
+    const BlockSpan blk = block_span(a, b);
+    const int64_t begin = blk.begin, end = blk.end;
+    const float amax = blk.absmax;
     quantize_span_scalar(a, sc, inverse_scale(amax), begin, end);
   }
 }

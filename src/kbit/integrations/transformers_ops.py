@@ -11,6 +11,8 @@ Imported on first use only: ``transformers.core_model_loading`` is heavier than 
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from transformers.core_model_loading import ConversionOps
 from transformers.quantizers.quantizers_utils import get_module_from_name
@@ -116,9 +118,9 @@ class _Deserialize(ConversionOps):
         module._is_hf_initialized = True
         return {WEIGHT: self.rebuild(tensors, weight, module, full_layer_name)}
 
+    @abc.abstractmethod
     def rebuild(self, tensors: dict, weight: torch.Tensor, module, full_layer_name: str):
         """The parameter for `module` from its checkpoint weight and the tensors stored beside it."""
-        raise NotImplementedError
 
 
 class Kbit4bitDeserialize(_Deserialize):
