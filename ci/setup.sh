@@ -17,7 +17,7 @@ PIP=".venv/bin/python -m pip --disable-pip-version-check"
 if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
   $PIP install -q "torch==2.13.0"
 fi
-$PIP install -q -e ".[test,integrations]"
+$PIP install -q -e ".[test,integrations,bench]"
 
 # Backend wheels (each installs where its platform supports it; a backend that cannot work here
 # reports itself unavailable at run time instead of failing the install).

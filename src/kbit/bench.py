@@ -4,9 +4,11 @@ Every provider runs on the same inputs (NF4, blocksize 64, bf16 activations; LLM
 11008x4096, 4096x11008 at batch 1, 8 and 32; ``--quick``: 1024x1024). Each row reports the median
 time of repeated calls, the bytes the op must move per call divided by that time (GB/s), the speed-up
 over dense torch bf16 ``x @ W.T`` at the same batch (matmul rows) or over ``torch.optim.Adam`` (the
-8-bit Adam step), and the fraction of the machine's copy bandwidth (measured in the same run with a
-large ``Tensor.copy_``) that the GB/s figure reaches. Dequantize rows use the ``.out`` overloads, so
-they time the kernel rather than the allocation of a fresh output.
+8-bit Adam step), and the fraction of the machine's copy bandwidth that the GB/s figure reaches. The
+copy bandwidth (a large float32 ``Tensor.copy_``) is measured again right after every row and each
+row's fraction uses its own figure: on a shared host the memory bandwidth drifts over a run by more
+than the differences the fractions are read for. Dequantize rows use the ``.out`` overloads, so they
+time the kernel rather than the allocation of a fresh output.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ QUICK_COPY_BYTES = 32 * 2**20
 #: Time budget per measurement (seconds) and bounds on its repeat count.
 MIN_SECONDS = 0.25
 MIN_REPEATS, MAX_REPEATS = 3, 50
+#: Time budget of each copy-bandwidth measurement next to a row.
+COPY_SECONDS = 0.1
 
 OPS = ("quantize_4bit", "dequantize_4bit", "gemv_4bit", "gemm_4bit", "quantize_blockwise", "dequantize_blockwise", "adam8bit")
 
@@ -54,25 +58,38 @@ class Row:
     gbps: float | None = None
     vs_dense: float | None = None
     vs_copy: float | None = None
+    copy_gbps: float | None = None  # the copy bandwidth vs_copy divides by, measured right after the row
 
 
-def median_seconds(fn: Callable[[], object], max_repeats: int = MAX_REPEATS) -> float:
-    """Median wall time of ``fn`` after one warm-up call; repeats until MIN_SECONDS or max_repeats."""
+def median_seconds(fn: Callable[[], object], max_repeats: int = MAX_REPEATS, min_seconds: float = MIN_SECONDS) -> float:
+    """Median wall time of ``fn`` after one warm-up call; repeats until min_seconds or max_repeats."""
     fn()
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < MIN_REPEATS or (len(times) < max_repeats and time.perf_counter() - start < MIN_SECONDS):
+    while len(times) < MIN_REPEATS or (len(times) < max_repeats and time.perf_counter() - start < min_seconds):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def copy_bandwidth(nbytes: int) -> float:
-    """GB/s of a large float32 ``copy_`` (read + write bytes)."""
-    src = torch.ones(nbytes // 4)
-    dst = torch.empty_like(src)
-    return 2 * nbytes / median_seconds(lambda: dst.copy_(src)) / 1e9
+class CopyMeter:
+    """GB/s (read + write bytes) of a float32 ``copy_`` between two buffers of ``nbytes``, kept for the run."""
+
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
+        self.src = torch.ones(nbytes // 4)
+        self.dst = torch.empty_like(self.src)
+        self.samples: list[float] = []
+
+    def measure(self, min_seconds: float = COPY_SECONDS) -> float:
+        gbps = 2 * self.nbytes / median_seconds(lambda: self.dst.copy_(self.src), min_seconds=min_seconds) / 1e9
+        self.samples.append(gbps)
+        return gbps
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
 
 
 def nbytes(*tensors: torch.Tensor) -> int:
@@ -84,13 +101,15 @@ class Bench:
         self.quick, self.ops = quick, ops
         self.rows: list[Row] = []
         self.providers = backends.kernels_for("cpu")
-        self.copy_gbps = copy_bandwidth(QUICK_COPY_BYTES if quick else COPY_BYTES)
+        self.copy = CopyMeter(QUICK_COPY_BYTES if quick else COPY_BYTES)
+        self.copy.measure(MIN_SECONDS)  # the first pages touched, the clock up
 
     def record(self, op, shape, batch, provider, seconds, moved=None, dense=None):
         gbps = moved / seconds / 1e9 if moved else None
+        copy = self.copy.measure() if gbps else None
         self.rows.append(Row(
             op, shape, batch, provider, seconds * 1e3, gbps,
-            dense / seconds if dense else None, gbps / self.copy_gbps if gbps else None,
+            dense / seconds if dense else None, gbps / copy if gbps else None, copy,
         ))
 
     def each(self, op: str, kernel_op: str, shape: str, batch, args, moved=None, dense=None, max_repeats=MAX_REPEATS):
@@ -168,16 +187,22 @@ def _fmt(v, spec: str) -> str:
 
 
 def table(bench: Bench) -> str:
-    head = f"{'op':<38}{'shape':<14}{'batch':>6}  {'provider':<10}{'ms':>10}{'GB/s':>9}{'x dense':>9}{'x copy':>8}"
-    lines = [f"copy bandwidth: {bench.copy_gbps:.1f} GB/s (float32 Tensor.copy_)", "", head, "-" * len(head)]
+    head = (f"{'op':<38}{'shape':<14}{'batch':>6}  {'provider':<10}{'ms':>10}{'GB/s':>9}{'x dense':>9}{'x copy':>8}"
+            f"{'copy GB/s':>11}")
+    samples = bench.copy.samples
+    lines = [
+        f"copy bandwidth (float32 Tensor.copy_, {2 * bench.copy.nbytes >> 20} MiB moved): median {bench.copy.median:.1f} "
+        f"GB/s, {min(samples):.1f}-{max(samples):.1f} over {len(samples)} measurements",
+        "", head, "-" * len(head),
+    ]
     for r in bench.rows:
         lines.append(
             f"{r.op:<38}{r.shape:<14}{_fmt(r.batch, 'd'):>6}  {r.provider:<10}{r.ms:>10.3f}{_fmt(r.gbps, '.1f'):>9}"
-            f"{_fmt(r.vs_dense, '.2f'):>9}{_fmt(r.vs_copy, '.2f'):>8}"
+            f"{_fmt(r.vs_dense, '.2f'):>9}{_fmt(r.vs_copy, '.2f'):>8}{_fmt(r.copy_gbps, '.1f'):>11}"
         )
     lines.append("")
     lines.append("x dense: speed-up over dense bf16 x @ W.T at the same batch (Adam: over torch.optim.Adam); "
-                 "x copy: GB/s as a fraction of the copy bandwidth")
+                 "x copy: GB/s as a fraction of the copy bandwidth measured right after the row (copy GB/s)")
     return "\n".join(lines)
 
 
@@ -243,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(bench))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"environment": environment(), "copy_gbps": bench.copy_gbps,
+            json.dump({"environment": environment(), "copy_gbps": bench.copy.median, "copy_gbps_samples": bench.copy.samples,
                        "rows": [dataclasses.asdict(r) for r in bench.rows]}, f, indent=2)
     if args.plot and not plot(bench, args.plot):
         return 1

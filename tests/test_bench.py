@@ -1,0 +1,127 @@
+"""``python -m kbit bench``: what it reports and writes (not how fast anything is).
+
+The bench is run on its quick shapes with a few ops. The checks recompute each row's figures from
+the definitions in kbit.bench's docstring: bytes moved from the format (not from the bench's own
+helper), speed-ups from the dense / torch rows, copy fractions from each row's own copy figure.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import math
+import statistics
+
+import pytest
+import torch
+
+from kbit import bench, formats
+
+pytestmark = pytest.mark.slow
+
+
+def _run(tmp_path, *args):
+    out = tmp_path / "bench.json"
+    rc = bench.main(["--quick", "--json", str(out), *args])
+    return rc, json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    rc, data = _run(tmp, "--ops", "dequantize_4bit,gemv_4bit,dequantize_blockwise")
+    assert rc == 0
+    return data
+
+
+def _rows(data, op, provider=None, batch=None):
+    return [r for r in data["rows"] if r["op"] == op and (provider is None or r["provider"] == provider)
+            and (batch is None or r["batch"] == batch)]
+
+
+def test_every_provider_reported(report):
+    providers = set(report["environment"]["providers"])
+    assert "reference" in providers
+    for op in ("dequantize_4bit", "gemv_4bit", "dequantize_blockwise"):
+        assert {r["provider"] for r in _rows(report, op)} == providers, op
+    # only the ops asked for
+    assert {r["op"] for r in report["rows"]} == {"dequantize_4bit", "gemv_4bit", "dequantize_blockwise",
+                                                 "dense bf16 x @ W.T"}
+
+
+def test_bytes_moved_from_the_format(report):
+    # 1024x1024 bf16 dequantize_4bit, blocksize 64: n/2 packed bytes + one float32 absmax per block + 2n output bytes
+    n = 1024 * 1024
+    moved = n // 2 + 4 * formats.num_blocks(n, 64) + 2 * n
+    for r in _rows(report, "dequantize_4bit"):
+        assert r["gbps"] == pytest.approx(moved / (r["ms"] * 1e-3) / 1e9, rel=1e-9)
+    # dequantize_blockwise, blocksize 4096: n code bytes + absmax + 2n output bytes
+    moved = n + 4 * formats.num_blocks(n, 4096) + 2 * n
+    for r in _rows(report, "dequantize_blockwise"):
+        assert r["gbps"] == pytest.approx(moved / (r["ms"] * 1e-3) / 1e9, rel=1e-9)
+
+
+def test_ratios(report):
+    for r in report["rows"]:
+        assert r["ms"] > 0 and math.isfinite(r["ms"])
+        assert r["copy_gbps"] > 0
+        assert r["vs_copy"] == pytest.approx(r["gbps"] / r["copy_gbps"], rel=1e-9)
+    for batch in (1, 8, 32):
+        (dense,) = _rows(report, "dense bf16 x @ W.T", "torch", batch)
+        assert dense["vs_dense"] == pytest.approx(1.0)
+        for r in _rows(report, "gemv_4bit", batch=batch):
+            assert batch == 1
+            assert r["vs_dense"] == pytest.approx(dense["ms"] / r["ms"], rel=1e-9)
+    samples = report["copy_gbps_samples"]
+    assert len(samples) == len(report["rows"]) + 1  # one before the first row, one after each
+    assert report["copy_gbps"] == pytest.approx(statistics.median(samples))
+    assert [r["copy_gbps"] for r in report["rows"]] == samples[1:]
+
+
+def test_environment(report):
+    env = report["environment"]
+    assert env["torch"] == torch.__version__
+    assert env["threads"] == torch.get_num_threads()
+
+
+def test_table_lists_every_row(capsys, tmp_path):
+    rc, data = _run(tmp_path, "--ops", "dequantize_4bit")
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "copy bandwidth" in text
+    lines = [line for line in text.splitlines() if line.startswith("dequantize_4bit")]
+    assert len(lines) == len(data["rows"])
+    for line, row in zip(lines, data["rows"]):
+        assert row["provider"] in line and f"{row['ms']:.3f}" in line and f"{row['vs_copy']:.2f}" in line
+
+
+def test_unknown_op_is_an_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--quick", "--ops", "dequantize_4bit,gemv_8bit"])
+    assert e.value.code == 2
+    assert "gemv_8bit" in capsys.readouterr().err
+
+
+def test_plot_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "bench.png"
+    rc, _ = _run(tmp_path, "--ops", "dequantize_4bit", "--plot", str(png))
+    assert rc == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib(tmp_path, monkeypatch, capsys):
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    png = tmp_path / "bench.png"
+    rc, data = _run(tmp_path, "--ops", "dequantize_4bit", "--plot", str(png))
+    assert rc == 1
+    assert not png.exists()
+    assert data["rows"]  # the JSON is written all the same
+    assert "matplotlib" in capsys.readouterr().err
