@@ -71,30 +71,41 @@ def threads() -> int:
     return torch.get_num_threads()
 
 
+# The helpers below run on every call: they return their argument itself where it already qualifies
+# (a new view costs ~1 us, a sizeable part of a small call's ~15 us of Python around the kernel).
+
+
 def on_cpu(op: str, *tensors: torch.Tensor | None) -> None:
     for t in tensors:
-        if t is not None and t.device.type != "cpu":
+        if t is not None and not t.is_cpu:
             raise Unsupported(f"kbit-cpu {op}: tensors must be on the CPU, got {t.device}")
 
 
 def packed_bytes(op: str, A: torch.Tensor, needed: int) -> torch.Tensor:
-    """Flat contiguous uint8 view of packed 4-bit data of any storage dtype; at least ``needed`` bytes."""
-    raw = A.contiguous().view(-1)
-    if raw.dtype != torch.uint8:
-        raw = raw.view(torch.uint8)
-    if raw.numel() < needed:
-        raise Unsupported(f"kbit-cpu {op}: packed data holds {raw.numel()} bytes, {needed} needed")
+    """A contiguous tensor (``A`` itself if it is one) whose bytes are the packed 4-bit data, of any
+    storage dtype; at least ``needed`` bytes."""
+    raw = A if A.is_contiguous() else A.contiguous()
+    held = raw.numel() * raw.element_size()
+    if held < needed:
+        raise Unsupported(f"kbit-cpu {op}: packed data holds {held} bytes, {needed} needed")
     return raw
 
 
 def float32_vector(op: str, name: str, t: torch.Tensor, needed: int) -> torch.Tensor:
-    """Contiguous float32 1-D view of ``t`` with at least ``needed`` elements."""
+    """Contiguous float32 1-D form of ``t`` (``t`` itself if it is one) with at least ``needed`` elements."""
     if t.dtype != torch.float32:
         raise Unsupported(f"kbit-cpu {op}: {name} must be float32, got {t.dtype}")
-    flat = t.contiguous().view(-1)
+    flat = t if t.dim() == 1 and t.is_contiguous() else t.contiguous().view(-1)
     if flat.numel() < needed:
         raise Unsupported(f"kbit-cpu {op}: {name} has {flat.numel()} elements, {needed} needed")
     return flat
+
+
+def float32_table(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (a code table) as a contiguous float32 1-D tensor, ``t`` itself if it is one."""
+    if t.dtype == torch.float32 and t.dim() == 1 and t.is_contiguous():
+        return t
+    return t.to(torch.float32).contiguous().view(-1)
 
 
 def writable(out: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from kbit import formats
 from kbit.backends import Unsupported
 
 from . import _abi
-from ._tensors import dtype_tag, finish, float32_vector, on_cpu, output, ptr, threads, writable
+from ._tensors import dtype_tag, finish, float32_table, float32_vector, on_cpu, output, ptr, threads, writable
 
 #: Entries of a blockwise code (the kernels index it with a byte).
 CODE_SIZE = 256
@@ -16,7 +16,7 @@ CODE_SIZE = 256
 def _code(op: str, code: torch.Tensor) -> torch.Tensor:
     if code.numel() != CODE_SIZE:
         raise Unsupported(f"kbit-cpu {op}: code must have {CODE_SIZE} entries, got {code.numel()}")
-    return code.to(torch.float32).contiguous().view(-1)
+    return float32_table(code)
 
 
 def quantize_blockwise(A, code, blocksize):

@@ -13,7 +13,7 @@ from kbit import formats
 from kbit.backends import Unsupported
 
 from . import _abi
-from ._tensors import dtype_tag, finish, float32_vector, on_cpu, output, packed_bytes, ptr, threads, writable
+from ._tensors import dtype_tag, finish, float32_table, float32_vector, on_cpu, output, packed_bytes, ptr, threads, writable
 
 #: M above which gemm_4bit dequantizes the weight once (in A.dtype) and lets torch multiply.
 GEMM_FUSED_MAX_M = 64
@@ -73,7 +73,7 @@ def _gemv_into(A, B, shapeB, absmax, code, blocksize, out):
     A = A.contiguous()
     raw = packed_bytes(op, B, (N * K + 1) // 2)
     scales = float32_vector(op, "absmax", absmax, formats.num_blocks(N * K, blocksize))
-    table = code.to(torch.float32).contiguous()
+    table = float32_table(code)
     _abi.call(op, "kbit_cpu_gemv_4bit", ptr(A), tag, ptr(raw), ptr(scales), ptr(table), N, K, blocksize, ptr(out), threads())
 
 
