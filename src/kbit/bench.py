@@ -45,7 +45,11 @@ MIN_REPEATS, MAX_REPEATS = 3, 50
 #: Time budget of each copy-bandwidth measurement next to a row.
 COPY_SECONDS = 0.1
 
-OPS = ("quantize_4bit", "dequantize_4bit", "gemv_4bit", "gemm_4bit", "quantize_blockwise", "dequantize_blockwise", "adam8bit")
+OPS = ("quantize_4bit", "dequantize_4bit", "gemv_4bit", "gemm_4bit", "quantize_blockwise", "dequantize_blockwise", "adam8bit",
+       "layers")
+#: The ``layers`` row: decoder-shaped layers (hidden, ffn, count) run at batch 1, 4-bit against dense bf16.
+LAYERS = (4096, 11008, 2)
+QUICK_LAYERS = (1024, 2816, 2)
 
 
 @dataclasses.dataclass
@@ -174,12 +178,52 @@ class Bench:
         self.each("optimizer_update_8bit_blockwise adam", "optimizer_update_8bit_blockwise", shape, None, args,
                   moved, adam, max_repeats=10)
 
+    def layers(self) -> None:
+        """One token (batch 1) through decoder-shaped layers: the end-to-end figure behind gemv_4bit's row,
+        with kbit's module path (Linear4bit, NF4 with nested absmax, as quantize_model makes it) and the
+        torch ops between the matmuls."""
+        from .nn import QuantConfig, quantize_model
+
+        hidden, ffn, count = QUICK_LAYERS if self.quick else LAYERS
+        shape = f"{count}x({hidden}, {ffn})"
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(*(_DecoderLayer(hidden, ffn) for _ in range(count))).to(ACT_DTYPE)
+        x = torch.randn(1, hidden, dtype=ACT_DTYPE)
+        with torch.inference_mode():
+            dense = median_seconds(lambda: model(x))
+            moved = sum(p.numel() * p.element_size() for p in model.parameters())
+            self.record("decoder layers bf16", shape, 1, "torch", dense, moved, dense)
+            quantize_model(model, QuantConfig(bits=4, quant_type=QUANT_TYPE, compute_dtype=ACT_DTYPE))
+            moved = sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
+            served = next((name for name, kernels in self.providers if "gemv_4bit" in kernels), backends.REFERENCE)
+            self.record("decoder layers Linear4bit", shape, 1, served, median_seconds(lambda: model(x)), moved, dense)
+
     def run(self) -> None:
         for N, K in QUICK_SHAPES if self.quick else SHAPES:
-            if self.ops - {"adam8bit"}:
+            if self.ops - {"adam8bit", "layers"}:
                 self.weights(N, K)
         if "adam8bit" in self.ops:
             self.adam8bit()
+        if "layers" in self.ops:
+            self.layers()
+
+
+class _DecoderLayer(torch.nn.Module):
+    """The matmuls of a decoder layer at batch 1 (four hidden x hidden projections, a gated MLP) with
+    RMSNorm, the gate's activation and the residual adds between them; attention over past tokens is left
+    out (it does not touch the weights)."""
+
+    def __init__(self, hidden: int, ffn: int):
+        super().__init__()
+        linear = lambda i, o: torch.nn.Linear(i, o, bias=False)  # noqa: E731
+        self.q, self.k, self.v, self.o = (linear(hidden, hidden) for _ in range(4))
+        self.gate, self.up, self.down = linear(hidden, ffn), linear(hidden, ffn), linear(ffn, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.rms_norm(x, (x.shape[-1],))
+        x = x + self.o(self.v(h) * torch.sigmoid(self.q(h) + self.k(h)))
+        h = torch.nn.functional.rms_norm(x, (x.shape[-1],))
+        return x + self.down(torch.nn.functional.silu(self.gate(h)) * self.up(h))
 
 
 def _fmt(v, spec: str) -> str:

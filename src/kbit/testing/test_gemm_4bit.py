@@ -48,6 +48,33 @@ def test_against_float64(provider, device, quant_type, dtype, M, nested):
     torch.testing.assert_close(out.cpu().double(), want, atol=atol * 4, rtol=rtol * 2)
 
 
+@pytest.mark.parametrize("quant_type", formats.QUANT_TYPES)
+@pytest.mark.parametrize("dtype", formats.FLOAT_DTYPES)
+@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("lead", [(1,), (1, 1)])
+def test_single_row(provider, device, quant_type, dtype, nested, with_bias, lead):
+    """One row in all (a decoding step): backends may take a gemv path here, within the same tolerance."""
+    N, K, blocksize = 80, 256, 64
+    W = torch.randn(N, K, device=device) / K**0.5
+    packed, absmax = torch.ops.kbit.quantize_4bit(W, blocksize, quant_type, torch.uint8)
+    bias = torch.randn(N, device=device).to(dtype) if with_bias else None
+    A = torch.randn(*lead, K, device=device).to(dtype)
+    if nested:
+        q, amax, dyn, offset, used_absmax = nested_absmax(absmax)
+        out = provider(OP, A, packed, [N, K], amax, blocksize, quant_type, bias, q, dyn, offset)
+    else:
+        out = provider(OP, A, packed, [N, K], absmax, blocksize, quant_type, bias)
+        used_absmax = absmax
+    dense = oracles.dequantize_4bit(packed.cpu(), used_absmax.cpu(), blocksize, quant_type, N * K).view(N, K).to(dtype)
+    want = A.cpu().double() @ dense.double().t()
+    if with_bias:
+        want = want + bias.cpu().double()
+    assert out.shape == (*lead, N) and out.dtype == dtype
+    atol, rtol = MATMUL_4BIT_TOL[dtype]
+    torch.testing.assert_close(out.cpu().double(), want, atol=atol * 4, rtol=rtol * 2)
+
+
 def test_opcheck():
     W = torch.randn(32, 64)
     packed, absmax = torch.ops.kbit.quantize_4bit(W, 64, "nf4", torch.uint8)
