@@ -8,7 +8,10 @@ over dense torch bf16 ``x @ W.T`` at the same batch (matmul rows) or over ``torc
 copy bandwidth (a large float32 ``Tensor.copy_``) is measured again right after every row and each
 row's fraction uses its own figure: on a shared host the memory bandwidth drifts over a run by more
 than the differences the fractions are read for. Dequantize rows use the ``.out`` overloads, so they
-time the kernel rather than the allocation of a fresh output.
+time the kernel rather than the allocation of a fresh output. The ``layers`` rows run one token
+through decoder-shaped layers (``LAYERS``; ``--quick``: ``QUICK_LAYERS``) made of ``nn.Linear`` in bf16
+and again after ``kbit.nn.quantize_model`` (Linear4bit, NF4, nested absmax): the whole module path,
+with the torch ops between the matmuls, against dense.
 """
 
 from __future__ import annotations
