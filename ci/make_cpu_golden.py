@@ -82,6 +82,20 @@ def fourbit(g: Golden) -> None:
         out = REF["gemv_4bit"](A, packed, [N, K], absmax, code, bs)
         g.case("gemv_4bit", name, A=A, dtype=dt, B=packed, absmax=absmax, code=code, N=N, K=K, blocksize=bs, want_out=out, **tol(dt))
     dyn = create_dynamic_map()
+    # Nested absmax (the one-row gemm_4bit's route): the reference gemv on the de-nested absmax. 600 blocks
+    # span three second-level scales, the last one partial.
+    for name, N, K, bs, qt, dt in [("gemv_nested_bf16", 150, 256, 64, "nf4", torch.bfloat16),
+                                   ("gemv_nested_odd_k", 30, 100, 32, "fp4", torch.float32)]:
+        W = torch.randn(N, K) / K**0.5
+        packed, absmax = REF["quantize_4bit"](W, bs, qt, torch.uint8)
+        offset = absmax.mean()
+        q, absmax2 = REF["quantize_blockwise"](absmax - offset, dyn, formats.NESTED_BLOCKSIZE)
+        restored = REF["dequantize_blockwise"](q, absmax2, dyn, formats.NESTED_BLOCKSIZE, torch.float32) + offset
+        code = formats.code_4bit(qt)
+        A = torch.randn(K).to(dt)
+        out = REF["gemv_4bit"](A, packed, [N, K], restored, code, bs)
+        g.case("gemv_4bit", name, A=A, dtype=dt, B=packed, absmax=absmax2, absmax_8bit=q, absmax_code=dyn,
+               absmax_offset=float(offset), code=code, N=N, K=K, blocksize=bs, want_out=out, **tol(dt))
     for name, M, N, K, bs, qt, dt, nested in [("gemm_bf16_bias", 3, 48, 320, 64, "nf4", torch.bfloat16, False),
                                               ("gemm_nested_f32", 5, 37, 256, 64, "fp4", torch.float32, True),
                                               ("gemm_odd_k", 4, 9, 50, 32, "nf4", torch.float16, False),

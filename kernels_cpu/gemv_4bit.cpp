@@ -1,4 +1,6 @@
 // gemv_4bit.cpp — kbit::gemv_4bit: out[N] = A[K] @ W[N, K].T with W = code[q] * absmax, fused.
+// Plain or nested absmax (the one-row gemm_4bit of kbit-cpu comes here with nested statistics: each
+// block's absmax is de-nested where the kernel reads it, with no pass over them beforehand).
 //
 // The activations are converted to float32 once per call; each weight is looked up in its block's
 // scaled 16-entry table (the same float32 value the reference dequantizes to) and accumulated in
@@ -23,12 +25,20 @@ struct Gemv4bitArgs {
   const void* A;
   int32_t dtype;
   const uint8_t* B;
-  const float* absmax;
+  const float* absmax;        // per block, or the second-level scales (per 256 blocks) when absmax_q is set
+  const uint8_t* absmax_q;    // nested statistics: the 8-bit codes of the absmax, or nullptr
+  const float* absmax_code;   // 256 floats (nested)
+  float absmax_offset;        // nested
   const float* code;  // 16 floats
   int64_t N, K, blocksize;
   void* out;
   float* act;  // scratch: K + 32 floats, 64-byte aligned
   int32_t threads;
+  // The float32 absmax of block b; nested: absmax_code[q] * scale, then + offset, in the reference's
+  // order (no contraction: -ffp-contract=off), once per block of weights.
+  float scale(int64_t b) const {
+    return absmax_q == nullptr ? absmax[b] : absmax_code[absmax_q[b]] * absmax[b / KBIT_NESTED_BLOCKSIZE] + absmax_offset;
+  }
 };
 
 namespace KBIT_NS {
@@ -50,7 +60,8 @@ void rows_portable(const Gemv4bitArgs& a, int64_t r0, int64_t r1) {
     for (int64_t pos = row, b = row / a.blocksize; pos < row + a.K; ++b) {  // b: block of pos
       const int64_t seg_end = (b + 1) * a.blocksize < row + a.K ? (b + 1) * a.blocksize : row + a.K;
       float lut[16];
-      for (int j = 0; j < 16; ++j) lut[j] = a.code[j] * a.absmax[b];
+      const float s = a.scale(b);
+      for (int j = 0; j < 16; ++j) lut[j] = a.code[j] * s;
       for (int64_t i = pos; i < seg_end; ++i) acc[i & 3] += a.act[i - row] * lut[nibble(a.B, i)];
       pos = seg_end;
     }
@@ -102,13 +113,13 @@ void rows_vector(const Gemv4bitArgs& a, int64_t r0, int64_t r1) {
     if (a.K % B == 0) {  // whole blocks per row: no division in the loop
       const int64_t per_row = a.K / B, b0 = row / B;
       for (int64_t j = 0; j < per_row; ++j) {
-        const __m512 lut = _mm512_mul_ps(code, _mm512_set1_ps(a.absmax[b0 + j]));
+        const __m512 lut = _mm512_mul_ps(code, _mm512_set1_ps(a.scale(b0 + j)));
         dot_block(acc, lut, a.B + ((row + j * B) >> 1), a.act + j * B, B / kChunk);
       }
     } else {
       for (int64_t pos = row, b = row / B; pos < row + a.K; ++b) {  // b: block of pos
         const int64_t seg_end = (b + 1) * B < row + a.K ? (b + 1) * B : row + a.K;
-        const __m512 lut = _mm512_mul_ps(code, _mm512_set1_ps(a.absmax[b]));
+        const __m512 lut = _mm512_mul_ps(code, _mm512_set1_ps(a.scale(b)));
         dot_block(acc, lut, a.B + (pos >> 1), a.act + (pos - row), (seg_end - pos) / kChunk);
         pos = seg_end;
       }
@@ -232,7 +243,7 @@ void rows_int16(const Gemv4bitArgs& a, const int16_t* xi, const float* sc, const
     // acc += chunk c's sums * absmax[its block] * its activation scale
     const auto step = [&](int64_t c, __m256 acc) {
       const __m256 f = chunk_dot(p + 32 * c, xi + kIntChunk * c, tl, th, low4);
-      return _mm256_fmadd_ps(_mm256_mul_ps(f, _mm256_broadcast_ss(a.absmax + ((g + c) >> shift))),
+      return _mm256_fmadd_ps(_mm256_mul_ps(f, _mm256_set1_ps(a.scale((g + c) >> shift))),
                              _mm256_broadcast_ss(sc + c), acc);
     };
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();  // two chains: the FMA latency
@@ -274,7 +285,7 @@ void rows_vector(const Gemv4bitArgs& a, int64_t r0, int64_t r1) {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
     for (int64_t pos = row, b = row / B; pos < row + a.K; ++b) {  // b: block of pos
       const int64_t seg_end = (b + 1) * B < row + a.K ? (b + 1) * B : row + a.K;
-      const __m256 scale = _mm256_set1_ps(a.absmax[b]);
+      const __m256 scale = _mm256_set1_ps(a.scale(b));
       const __m256 lo = _mm256_mul_ps(code_lo, scale), hi = _mm256_mul_ps(code_hi, scale);
       for (int64_t i = pos; i < seg_end; i += kChunk) {
         const uint8_t* p = a.B + (i >> 1);
@@ -319,7 +330,7 @@ void rows_vector(const Gemv4bitArgs& a, int64_t r0, int64_t r1) {
     float32x4_t s[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
     for (int64_t pos = row, b = row / B; pos < row + a.K; ++b) {  // b: block of pos
       const int64_t seg_end = (b + 1) * B < row + a.K ? (b + 1) * B : row + a.K;
-      const float scale = a.absmax[b];
+      const float scale = a.scale(b);
       uint8x16x4_t lut;
       lut.val[0] = vreinterpretq_u8_f32(vmulq_n_f32(c0, scale));
       lut.val[1] = vreinterpretq_u8_f32(vmulq_n_f32(c1, scale));
@@ -383,6 +394,7 @@ void gemv_4bit(const Gemv4bitArgs& a) {
 KBIT_DECLARE_ISAS(void gemv_4bit(const Gemv4bitArgs& a))
 
 extern "C" int32_t kbit_cpu_gemv_4bit(const void* A, int32_t dtype, const uint8_t* B, const float* absmax,
+                                      const uint8_t* absmax_8bit, const float* absmax_code, float absmax_offset,
                                       const float* code, int64_t N, int64_t K, int32_t blocksize, void* out,
                                       int32_t num_threads) {
   using namespace kbit_cpu;
@@ -400,9 +412,10 @@ extern "C" int32_t kbit_cpu_gemv_4bit(const void* A, int32_t dtype, const uint8_
       return;
     }
     require(A != nullptr && B != nullptr && absmax != nullptr, "A, B and absmax must not be NULL");
+    require(absmax_8bit == nullptr || absmax_code != nullptr, "absmax_code must not be NULL with absmax_8bit");
     std::unique_ptr<float[]> act_storage(new float[K + 32 + 16]);
     float* act = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(act_storage.get()) + 63) & ~uintptr_t{63});
-    const Gemv4bitArgs args{A, dtype, B, absmax, code, N, K, blocksize, out, act, num_threads};
+    const Gemv4bitArgs args{A, dtype, B, absmax, absmax_8bit, absmax_code, absmax_offset, code, N, K, blocksize, out, act, num_threads};
     KBIT_DISPATCH(gemv_4bit(args));
   });
 }

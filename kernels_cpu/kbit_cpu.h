@@ -32,7 +32,7 @@ extern "C" {
 #define KBIT_CPU_API __attribute__((visibility("default")))
 #endif
 
-#define KBIT_CPU_ABI_VERSION 1
+#define KBIT_CPU_ABI_VERSION 2
 /* kbit.formats.OPS_VERSION implemented by this library. */
 #define KBIT_CPU_OPS_VERSION 1
 
@@ -110,8 +110,10 @@ KBIT_CPU_API int32_t kbit_cpu_quantize_4bit(const void* A, int32_t dtype, int64_
 KBIT_CPU_API int32_t kbit_cpu_dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int32_t blocksize,
                                               int32_t quant_type, void* out, int32_t out_dtype, int32_t num_threads);
 /* out[N] = A[K] @ W[N, K].T with W = code[q] * absmax (W packed flat row-major), float32 accumulation,
- * stored in dtype (A's). code: 16 floats (any values). */
+ * stored in dtype (A's). code: 16 floats (any values). Nested absmax when absmax_8bit != NULL, as in
+ * kbit_cpu_gemm_4bit (de-nested block by block inside the kernel). */
 KBIT_CPU_API int32_t kbit_cpu_gemv_4bit(const void* A, int32_t dtype, const uint8_t* B, const float* absmax,
+                                        const uint8_t* absmax_8bit, const float* absmax_code, float absmax_offset,
                                         const float* code, int64_t N, int64_t K, int32_t blocksize, void* out,
                                         int32_t num_threads);
 /* out[M, N] = A[M, K] @ W.T (+ bias[N], dtype) in dtype. Nested absmax when absmax_8bit != NULL:

@@ -7,7 +7,6 @@ kernels do not handle raises :class:`kbit.backends.Unsupported`, and the next pr
 from __future__ import annotations
 
 import math
-import threading
 
 import torch
 from kbit import formats
@@ -65,7 +64,9 @@ def dequantize_4bit_out(A, absmax, blocksize, quant_type, shape, dtype, out):
     finish(out, target)
 
 
-def _gemv_into(A, B, shapeB, absmax, code, blocksize, out):
+def _gemv_into(A, B, shapeB, absmax, code, blocksize, out, nested=None):
+    """out = A @ W.T for one row; ``nested``: (absmax_8bit, absmax_code, offset) as _denested returns them, with
+    ``absmax`` then the second-level scales (validated by the caller)."""
     op = "gemv_4bit"
     on_cpu(op, A, B, absmax, code, out)
     N, K = shapeB
@@ -76,9 +77,13 @@ def _gemv_into(A, B, shapeB, absmax, code, blocksize, out):
     tag = dtype_tag(op, A.dtype)
     A = A.contiguous()
     raw = packed_bytes(op, B, (N * K + 1) // 2)
-    scales = float32_vector(op, "absmax", absmax, formats.num_blocks(N * K, blocksize))
     table = float32_table(code)
-    _abi.call(op, "kbit_cpu_gemv_4bit", ptr(A), tag, ptr(raw), ptr(scales), ptr(table), N, K, blocksize, ptr(out), threads())
+    if nested is None:
+        scales, q, q_code, offset = float32_vector(op, "absmax", absmax, formats.num_blocks(N * K, blocksize)), None, None, 0.0
+    else:
+        scales, (q, q_code, offset) = absmax, nested
+    _abi.call(op, "kbit_cpu_gemv_4bit", ptr(A), tag, ptr(raw), ptr(scales), ptr(q), ptr(q_code), offset, ptr(table), N, K,
+              blocksize, ptr(out), threads())
 
 
 def gemv_4bit(A, B, shapeB, absmax, code, blocksize):
@@ -103,26 +108,6 @@ def _denested(op, absmax, nb, absmax_8bit, absmax_code, absmax_offset):
     return q, scales, table, float(absmax_offset)
 
 
-_scratch = threading.local()
-
-
-def _denest_absmax(op, q, scales, table, offset, nb):
-    """The float32 absmax of nested statistics: absmax_code[q] * scales[i / 256] + offset (the reference's
-    dequantize_blockwise + add), by the dequantize_blockwise kernel and one add.
-
-    Written into a per-thread scratch buffer, valid until this thread's next call: a fresh allocation of
-    this size (1 MiB for 4096x4096) comes from new pages on every call, and faulting them in took longer
-    than the gemv itself (0.47 against 0.17 ms for the de-nesting of 4096x4096 on the 2-core VM).
-    """
-    buf = getattr(_scratch, "absmax", None)
-    if buf is None or buf.numel() < nb:
-        buf = _scratch.absmax = torch.empty(nb, dtype=torch.float32)
-    absmax = buf[:nb]
-    _abi.call(op, "kbit_cpu_dequantize_blockwise", ptr(q), ptr(scales), ptr(table), nb, formats.NESTED_BLOCKSIZE,
-              ptr(absmax), _abi.DTYPE_TAGS["float32"], threads())
-    return absmax.add_(offset)
-
-
 def gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, absmax_code=None, absmax_offset=None):
     op = "gemm_4bit"
     on_cpu(op, A, B, absmax, bias, absmax_8bit, absmax_code, absmax_offset)
@@ -140,13 +125,11 @@ def gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bi
         scales = float32_vector(op, "absmax", absmax, nb)
     if M == 1:
         # One row (the decoding step of matmul_4bit and Linear4bit): the gemv kernel, as SPEC §4 has XPU and
-        # MPS do. It accumulates code[q] * absmax in float32 without first rounding each weight to A's dtype
-        # (the tiled kernel below does, as the reference), which stays within the matmul tolerance and runs
-        # 4-5x faster (4096x4096 NF4 bf16 on the 2-core AVX2 VM: 0.45 against 2.2 ms).
-        if q is not None:
-            scales = _denest_absmax(op, q, scales, table, offset, nb)
+        # MPS do, nested absmax included. It accumulates code[q] * absmax in float32 without first rounding
+        # each weight to A's dtype (the tiled kernel below does, as the reference), which stays within the
+        # matmul tolerance and runs 4-5x faster (4096x4096 NF4 bf16 on the 2-core AVX2 VM: 0.45 against 2.2 ms).
         out = output((*A.shape[:-1], N), A.dtype)
-        _gemv_into(A, raw, [N, K], scales, _CODES[quant_type], blocksize, out)
+        _gemv_into(A, raw, [N, K], scales, _CODES[quant_type], blocksize, out, None if q is None else (q, table, offset))
         return out if bias is None else out.add_(bias)
     if M > GEMM_FUSED_MAX_M:
         # Large M is compute-bound: dequantize once (in A's dtype, as the reference) and let torch multiply.
