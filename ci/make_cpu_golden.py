@@ -96,6 +96,19 @@ def fourbit(g: Golden) -> None:
         out = REF["gemv_4bit"](A, packed, [N, K], restored, code, bs)
         g.case("gemv_4bit", name, A=A, dtype=dt, B=packed, absmax=absmax2, absmax_8bit=q, absmax_code=dyn,
                absmax_offset=float(offset), code=code, N=N, K=K, blocksize=bs, want_out=out, **tol(dt))
+    # Several rows of A (the small-batch route of gemm_4bit): each row is the reference gemv of that row.
+    # 300 weight rows of 512 bytes: five 128-row tiles, the last partial; rows of the int16, float and
+    # portable paths.
+    for name, M, N, K, bs, qt, dt in [("gemv_rows_bf16", 3, 300, 1024, 64, "nf4", torch.bfloat16),
+                                      ("gemv_rows_f32", 4, 70, 256, 128, "fp4", torch.float32),
+                                      ("gemv_rows_odd_k", 2, 33, 100, 32, "nf4", torch.float16)]:
+        W = torch.randn(N, K) / K**0.5
+        packed, absmax = REF["quantize_4bit"](W, bs, qt, torch.uint8)
+        code = formats.code_4bit(qt)
+        A = torch.randn(M, K).to(dt)
+        out = torch.stack([REF["gemv_4bit"](A[m], packed, [N, K], absmax, code, bs) for m in range(M)])
+        g.case("gemv_4bit", name, A=A, dtype=dt, B=packed, absmax=absmax, code=code, M=M, N=N, K=K, blocksize=bs,
+               want_out=out, **tol(dt))
     for name, M, N, K, bs, qt, dt, nested in [("gemm_bf16_bias", 3, 48, 320, 64, "nf4", torch.bfloat16, False),
                                               ("gemm_nested_f32", 5, 37, 256, 64, "fp4", torch.float32, True),
                                               ("gemm_odd_k", 4, 9, 50, 32, "nf4", torch.float16, False),

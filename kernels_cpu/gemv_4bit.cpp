@@ -13,6 +13,7 @@
 // avx2 with f16/bf16 activations, K % 64 == 0 and blocksize >= 64: the int16 path (below), which is
 // not exact to float32 but stays at the output dtype's rounding.
 #include <cmath>
+#include <vector>
 
 #include "convert.h"
 #include "dispatch.h"
@@ -30,9 +31,10 @@ struct Gemv4bitArgs {
   const float* absmax_code;   // 256 floats (nested)
   float absmax_offset;        // nested
   const float* code;  // 16 floats
+  int64_t M;          // rows of A (and of out), each K (N) contiguous elements
   int64_t N, K, blocksize;
   void* out;
-  float* act;  // scratch: K + 32 floats, 64-byte aligned
+  float* act;  // scratch: M * act_stride(K) floats, 64-byte aligned
   int32_t threads;
   // The float32 absmax of block b; nested: absmax_code[q] * scale, then + offset, in the reference's
   // order (no contraction: -ffp-contract=off), once per block of weights.
@@ -40,6 +42,9 @@ struct Gemv4bitArgs {
     return absmax_q == nullptr ? absmax[b] : absmax_code[absmax_q[b]] * absmax[b / KBIT_NESTED_BLOCKSIZE] + absmax_offset;
   }
 };
+
+// Scratch floats per row of A (a multiple of 16: every row's scratch stays 64-byte aligned).
+inline int64_t act_stride(int64_t K) { return (K + 32 + 15) & ~int64_t{15}; }
 
 namespace KBIT_NS {
 namespace {
@@ -358,29 +363,65 @@ constexpr bool kVectorPath = false;
 
 }  // namespace
 
+// Rows of A go through the same kernels one after another, inside one parallel region: each thread
+// takes a range of weight rows and, tile by tile (~64 KiB of packed weights, held in L2), runs every row
+// of A over it, so that the weights come from memory once for all M rows.
+enum class RowPath : uint8_t { int16, vector, portable };
+constexpr int64_t kTileBytes = 1 << 16;
+
 void gemv_4bit(const Gemv4bitArgs& a) {
   const bool vector = kVectorPath && a.K % kChunk == 0;
-  const int64_t min_rows = kMinWeightsPerThread / (a.K > 0 ? a.K : 1) + 1;
+  const int64_t min_rows = kMinWeightsPerThread / ((a.K > 0 ? a.K : 1) * a.M) + 1;
+  const int64_t tile = a.K / 2 >= kTileBytes ? 1 : kTileBytes / (a.K / 2 > 0 ? a.K / 2 : 1);
+  const int64_t stride = act_stride(a.K);
+  const size_t in_bytes = a.dtype == KBIT_CPU_F32 ? 4 : 2;
+  std::vector<Gemv4bitArgs> rows(static_cast<size_t>(a.M), a);
+  std::vector<RowPath> path(static_cast<size_t>(a.M), RowPath::portable);
 #if defined(KBIT_ISA_AVX2)
-  // Scratch for the int16 path: K int16 activations, then K / 64 chunk scales (act holds K + 32 floats).
-  int16_t wcode[16];
-  int16_t* xi = reinterpret_cast<int16_t*>(a.act);
-  float* sc = a.act + a.K / 2;
-  if (prepare_int16(a, wcode, xi, sc)) {
-    parallel_for(a.N, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int) { rows_int16(a, xi, sc, wcode, r0, r1); });
-    return;
-  }
+  int16_t wcode[16];  // the same for every row (prepare_int16 rebuilds it from a.code)
+#endif
+  for (int64_t m = 0; m < a.M; ++m) {
+    Gemv4bitArgs& r = rows[m];
+    r.M = 1;
+    r.A = static_cast<const char*>(a.A) + m * a.K * in_bytes;
+    r.out = static_cast<char*>(a.out) + m * a.N * in_bytes;
+    r.act = a.act + m * stride;
+#if defined(KBIT_ISA_AVX2)
+    // Scratch for the int16 path: K int16 activations, then K / 64 chunk scales.
+    if (prepare_int16(r, wcode, reinterpret_cast<int16_t*>(r.act), r.act + a.K / 2)) {
+      path[m] = RowPath::int16;
+      continue;
+    }
 #endif
 #if defined(KBIT_ISA_AVX512) || defined(KBIT_ISA_AVX2) || defined(KBIT_ISA_NEON)
-  if (vector) {
-    fill_activations(a);
-    parallel_for(a.N, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int) { rows_vector(a, r0, r1); });
-    return;
-  }
+    if (vector) {
+      fill_activations(r);
+      path[m] = RowPath::vector;
+      continue;
+    }
 #endif
+    to_f32(r.A, a.dtype, 0, a.K, r.act);
+  }
   (void)vector;
-  to_f32(a.A, a.dtype, 0, a.K, a.act);
-  parallel_for(a.N, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int) { rows_portable(a, r0, r1); });
+  parallel_for(a.N, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int) {
+    for (int64_t t0 = r0; t0 < r1; t0 += tile) {
+      const int64_t t1 = t0 + tile < r1 ? t0 + tile : r1;
+      for (int64_t m = 0; m < a.M; ++m) {
+        const Gemv4bitArgs& r = rows[m];
+        switch (path[m]) {
+#if defined(KBIT_ISA_AVX2)
+          case RowPath::int16:
+            rows_int16(r, reinterpret_cast<const int16_t*>(r.act), r.act + a.K / 2, wcode, t0, t1);
+            break;
+#endif
+#if defined(KBIT_ISA_AVX512) || defined(KBIT_ISA_AVX2) || defined(KBIT_ISA_NEON)
+          case RowPath::vector: rows_vector(r, t0, t1); break;
+#endif
+          default: rows_portable(r, t0, t1); break;
+        }
+      }
+    }
+  });
 }
 
 }  // namespace KBIT_NS
@@ -395,27 +436,27 @@ KBIT_DECLARE_ISAS(void gemv_4bit(const Gemv4bitArgs& a))
 
 extern "C" int32_t kbit_cpu_gemv_4bit(const void* A, int32_t dtype, const uint8_t* B, const float* absmax,
                                       const uint8_t* absmax_8bit, const float* absmax_code, float absmax_offset,
-                                      const float* code, int64_t N, int64_t K, int32_t blocksize, void* out,
+                                      const float* code, int64_t M, int64_t N, int64_t K, int32_t blocksize, void* out,
                                       int32_t num_threads) {
   using namespace kbit_cpu;
   return guarded("gemv_4bit", [&] {
     require_dtype(dtype, "A");
     require_threads(num_threads);
-    require(N >= 0 && K >= 0, "N and K must be >= 0");
+    require(M >= 0 && N >= 0 && K >= 0, "M, N and K must be >= 0");
     require(blocksize >= KBIT_FOURBIT_MIN_BLOCKSIZE && blocksize <= KBIT_FOURBIT_MAX_BLOCKSIZE &&
                 (blocksize & (blocksize - 1)) == 0,
             "blocksize must be a power of two in [32, 4096]");
-    if (N == 0) return;
+    if (M == 0 || N == 0) return;
     require(out != nullptr && code != nullptr, "out and code must not be NULL");
     if (K == 0) {
-      for (int64_t r = 0; r < N; ++r) isa_scalar::store_scalar(out, dtype, r, 0.0f);
+      for (int64_t r = 0; r < M * N; ++r) isa_scalar::store_scalar(out, dtype, r, 0.0f);
       return;
     }
     require(A != nullptr && B != nullptr && absmax != nullptr, "A, B and absmax must not be NULL");
     require(absmax_8bit == nullptr || absmax_code != nullptr, "absmax_code must not be NULL with absmax_8bit");
-    std::unique_ptr<float[]> act_storage(new float[K + 32 + 16]);
+    std::unique_ptr<float[]> act_storage(new float[M * act_stride(K) + 16]);
     float* act = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(act_storage.get()) + 63) & ~uintptr_t{63});
-    const Gemv4bitArgs args{A, dtype, B, absmax, absmax_8bit, absmax_code, absmax_offset, code, N, K, blocksize, out, act, num_threads};
+    const Gemv4bitArgs args{A, dtype, B, absmax, absmax_8bit, absmax_code, absmax_offset, code, M, N, K, blocksize, out, act, num_threads};
     KBIT_DISPATCH(gemv_4bit(args));
   });
 }

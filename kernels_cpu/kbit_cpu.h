@@ -109,12 +109,13 @@ KBIT_CPU_API int32_t kbit_cpu_quantize_4bit(const void* A, int32_t dtype, int64_
 /* out[i] = code[q_i] * absmax[i / blocksize] in float32, rounded once to out_dtype. */
 KBIT_CPU_API int32_t kbit_cpu_dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int32_t blocksize,
                                               int32_t quant_type, void* out, int32_t out_dtype, int32_t num_threads);
-/* out[N] = A[K] @ W[N, K].T with W = code[q] * absmax (W packed flat row-major), float32 accumulation,
- * stored in dtype (A's). code: 16 floats (any values). Nested absmax when absmax_8bit != NULL, as in
+/* out[M, N] = A[M, K] @ W[N, K].T with W = code[q] * absmax (W packed flat row-major), float32
+ * accumulation, stored in dtype (A's); each row of A as a gemv of its own, the weights read once for all
+ * M rows. code: 16 floats (any values). Nested absmax when absmax_8bit != NULL, as in
  * kbit_cpu_gemm_4bit (de-nested block by block inside the kernel). */
 KBIT_CPU_API int32_t kbit_cpu_gemv_4bit(const void* A, int32_t dtype, const uint8_t* B, const float* absmax,
                                         const uint8_t* absmax_8bit, const float* absmax_code, float absmax_offset,
-                                        const float* code, int64_t N, int64_t K, int32_t blocksize, void* out,
+                                        const float* code, int64_t M, int64_t N, int64_t K, int32_t blocksize, void* out,
                                         int32_t num_threads);
 /* out[M, N] = A[M, K] @ W.T (+ bias[N], dtype) in dtype. Nested absmax when absmax_8bit != NULL:
  * absmax_i = absmax_code[absmax_8bit[i]] * absmax[i / 256] + absmax_offset (absmax then holds the

@@ -160,12 +160,13 @@ void run_case(const Case& c, Checker& k) {
     const int dt = c.i("dtype");
     const Bytes A = c.file("A"), B = c.file("B"), absmax = c.file("absmax"), code = c.file("code");
     const Bytes q = c.file_or_empty("absmax_8bit"), q_code = c.file_or_empty("absmax_code");
-    Bytes out(c.i("N") * dtype_size(dt));
+    const int64_t M = c.has("M") ? c.i("M") : 1;
+    Bytes out(M * c.i("N") * dtype_size(dt));
     k.status(kbit_cpu_gemv_4bit(A.data(), dt, B.data(), reinterpret_cast<const float*>(absmax.data()),
                                 q.empty() ? nullptr : q.data(),
                                 q_code.empty() ? nullptr : reinterpret_cast<const float*>(q_code.data()),
                                 static_cast<float>(c.d("absmax_offset", 0.0)), reinterpret_cast<const float*>(code.data()),
-                                c.i("N"), c.i("K"), c.i("blocksize"), out.data(), t));
+                                M, c.i("N"), c.i("K"), c.i("blocksize"), out.data(), t));
     k.close("out", out, c.file("want_out"), dt, c.d("atol"), c.d("rtol"));
   } else if (op == "gemm_4bit") {
     const int dt = c.i("dtype");

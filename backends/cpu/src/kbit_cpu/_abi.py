@@ -29,7 +29,7 @@ _p, _i32, _i64, _f32, _f64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ct
 SIGNATURES = {
     "kbit_cpu_quantize_4bit": [_p, _i32, _i64, _i32, _i32, _p, _p, _i32],
     "kbit_cpu_dequantize_4bit": [_p, _p, _i64, _i32, _i32, _p, _i32, _i32],
-    "kbit_cpu_gemv_4bit": [_p, _i32, _p, _p, _p, _p, _f32, _p, _i64, _i64, _i32, _p, _i32],
+    "kbit_cpu_gemv_4bit": [_p, _i32, _p, _p, _p, _p, _f32, _p, _i64, _i64, _i64, _i32, _p, _i32],
     "kbit_cpu_quantize_blockwise": [_p, _i32, _i64, _p, _i64, _p, _p, _i32],
     "kbit_cpu_dequantize_blockwise": [_p, _p, _p, _i64, _i64, _p, _i32, _i32],
     "kbit_cpu_gemm_4bit": [_p, _i32, _i64, _p, _i64, _i64, _p, _i32, _i32, _p, _p, _p, _f32, _p, _i32],

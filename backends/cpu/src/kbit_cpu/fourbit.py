@@ -17,6 +17,8 @@ from ._tensors import dtype_tag, finish, float32_table, float32_vector, on_cpu, 
 
 #: M above which gemm_4bit dequantizes the weight once (in A.dtype) and lets torch multiply.
 GEMM_FUSED_MAX_M = 64
+#: M up to which gemm_4bit runs the gemv kernel on each row (weights read once for all rows).
+GEMV_MAX_M = 4
 
 #: The 16-entry codebooks, built once (the gemv route of gemm_4bit needs them per call).
 _CODES = {qt: formats.code_4bit(qt) for qt in _abi.QUANT_TYPE_TAGS}
@@ -64,14 +66,14 @@ def dequantize_4bit_out(A, absmax, blocksize, quant_type, shape, dtype, out):
     finish(out, target)
 
 
-def _gemv_into(A, B, shapeB, absmax, code, blocksize, out, nested=None):
-    """out = A @ W.T for one row; ``nested``: (absmax_8bit, absmax_code, offset) as _denested returns them, with
-    ``absmax`` then the second-level scales (validated by the caller)."""
+def _gemv_into(A, B, shapeB, absmax, code, blocksize, out, nested=None, rows=1):
+    """out = A @ W.T for ``rows`` rows of A (the op itself: one); ``nested``: (absmax_8bit, absmax_code, offset)
+    as _denested returns them, with ``absmax`` then the second-level scales (validated by the caller)."""
     op = "gemv_4bit"
     on_cpu(op, A, B, absmax, code, out)
     N, K = shapeB
-    if A.numel() != K:
-        raise Unsupported(f"kbit-cpu {op}: A must hold one row of K={K} elements, got shape {tuple(A.shape)}")
+    if A.numel() != rows * K:
+        raise Unsupported(f"kbit-cpu {op}: A must hold {rows} row(s) of K={K} elements, got shape {tuple(A.shape)}")
     if code.numel() != 16:
         raise Unsupported(f"kbit-cpu {op}: code must have 16 entries, got {code.numel()}")
     tag = dtype_tag(op, A.dtype)
@@ -82,8 +84,8 @@ def _gemv_into(A, B, shapeB, absmax, code, blocksize, out, nested=None):
         scales, q, q_code, offset = float32_vector(op, "absmax", absmax, formats.num_blocks(N * K, blocksize)), None, None, 0.0
     else:
         scales, (q, q_code, offset) = absmax, nested
-    _abi.call(op, "kbit_cpu_gemv_4bit", ptr(A), tag, ptr(raw), ptr(scales), ptr(q), ptr(q_code), offset, ptr(table), N, K,
-              blocksize, ptr(out), threads())
+    _abi.call(op, "kbit_cpu_gemv_4bit", ptr(A), tag, ptr(raw), ptr(scales), ptr(q), ptr(q_code), offset, ptr(table), rows,
+              N, K, blocksize, ptr(out), threads())
 
 
 def gemv_4bit(A, B, shapeB, absmax, code, blocksize):
@@ -123,13 +125,15 @@ def gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bi
     else:
         q, table, offset = None, None, 0.0
         scales = float32_vector(op, "absmax", absmax, nb)
-    if M == 1:
-        # One row (the decoding step of matmul_4bit and Linear4bit): the gemv kernel, as SPEC §4 has XPU and
-        # MPS do, nested absmax included. It accumulates code[q] * absmax in float32 without first rounding
-        # each weight to A's dtype (the tiled kernel below does, as the reference), which stays within the
-        # matmul tolerance and runs 4-5x faster (4096x4096 NF4 bf16 on the 2-core AVX2 VM: 0.45 against 2.2 ms).
+    if M <= GEMV_MAX_M:
+        # Decoding steps of matmul_4bit / Linear4bit (one row, or a few sequences): the gemv kernel on each
+        # row, as SPEC §4 has XPU and MPS do for one row, nested absmax included. It accumulates
+        # code[q] * absmax in float32 without first rounding each weight to A's dtype (the tiled kernel
+        # below does, as the reference), which stays within the matmul tolerance and is faster: 4096x4096
+        # NF4 bf16 on the 2-core AVX2 VM, M = 1: 0.45 against 2.2 ms.
         out = output((*A.shape[:-1], N), A.dtype)
-        _gemv_into(A, raw, [N, K], scales, _CODES[quant_type], blocksize, out, None if q is None else (q, table, offset))
+        _gemv_into(A.contiguous(), raw, [N, K], scales, _CODES[quant_type], blocksize, out,
+                   None if q is None else (q, table, offset), rows=M)
         return out if bias is None else out.add_(bias)
     if M > GEMM_FUSED_MAX_M:
         # Large M is compute-bound: dequantize once (in A's dtype, as the reference) and let torch multiply.
