@@ -66,24 +66,24 @@ def dequantize_4bit_out(A, absmax, blocksize, quant_type, shape, dtype, out):
     finish(out, target)
 
 
-def _gemv_into(A, B, shapeB, absmax, code, blocksize, out, nested=None, rows=1):
-    """out = A @ W.T for ``rows`` rows of A (the op itself: one); ``nested``: (absmax_8bit, absmax_code, offset)
-    as _denested returns them, with ``absmax`` then the second-level scales (validated by the caller)."""
+def _gemv_into(A, B, shapeB, absmax, code, blocksize, out):
     op = "gemv_4bit"
     on_cpu(op, A, B, absmax, code, out)
     N, K = shapeB
-    if A.numel() != rows * K:
-        raise Unsupported(f"kbit-cpu {op}: A must hold {rows} row(s) of K={K} elements, got shape {tuple(A.shape)}")
+    if A.numel() != K:
+        raise Unsupported(f"kbit-cpu {op}: A must hold one row of K={K} elements, got shape {tuple(A.shape)}")
     if code.numel() != 16:
         raise Unsupported(f"kbit-cpu {op}: code must have 16 entries, got {code.numel()}")
     tag = dtype_tag(op, A.dtype)
-    A = A.contiguous()
     raw = packed_bytes(op, B, (N * K + 1) // 2)
-    table = float32_table(code)
-    if nested is None:
-        scales, q, q_code, offset = float32_vector(op, "absmax", absmax, formats.num_blocks(N * K, blocksize)), None, None, 0.0
-    else:
-        scales, (q, q_code, offset) = absmax, nested
+    scales = float32_vector(op, "absmax", absmax, formats.num_blocks(N * K, blocksize))
+    _gemv_call(op, A.contiguous(), tag, raw, scales, None, float32_table(code), 1, N, K, blocksize, out)
+
+
+def _gemv_call(op, A, tag, raw, scales, nested, table, rows, N, K, blocksize, out):
+    """The gemv kernel on validated, contiguous arguments: ``rows`` rows of A; ``nested``: (absmax_8bit,
+    absmax_code, offset) as _denested returns them, with ``scales`` then the second-level scales."""
+    q, q_code, offset = (None, None, 0.0) if nested is None else nested
     _abi.call(op, "kbit_cpu_gemv_4bit", ptr(A), tag, ptr(raw), ptr(scales), ptr(q), ptr(q_code), offset, ptr(table), rows,
               N, K, blocksize, ptr(out), threads())
 
@@ -132,8 +132,8 @@ def gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bi
         # below does, as the reference), which stays within the matmul tolerance and is faster: 4096x4096
         # NF4 bf16 on the 2-core AVX2 VM, M = 1: 0.45 against 2.2 ms.
         out = output((*A.shape[:-1], N), A.dtype)
-        _gemv_into(A.contiguous(), raw, [N, K], scales, _CODES[quant_type], blocksize, out,
-                   None if q is None else (q, table, offset), rows=M)
+        _gemv_call(op, A.contiguous(), tag, raw, scales, None if q is None else (q, table, offset), _CODES[quant_type], M,
+                   N, K, blocksize, out)
         return out if bias is None else out.add_(bias)
     if M > GEMM_FUSED_MAX_M:
         # Large M is compute-bound: dequantize once (in A's dtype, as the reference) and let torch multiply.
