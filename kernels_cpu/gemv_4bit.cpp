@@ -211,17 +211,30 @@ bool fill_int16(const Gemv4bitArgs& a, int16_t* xi, float* sc, double code_step)
 
 // Sums of one 64-weight chunk (32 packed bytes at p) against its int16 activations x, in float32
 // (exact: each lane adds two int32 sums of 4 products, |sum| <= 4 x 16383 x 32767 < 2^31, and converts).
-inline __m256 chunk_dot(const uint8_t* p, const int16_t* x, __m256i tl, __m256i th, __m256i low4) {
+// The chunk's 64 weights as int16 code values, in kIntOrder (two vpshufb per byte plane, four unpacks).
+struct ChunkWeights {
+  __m256i w0, w1, w2, w3;
+};
+
+inline ChunkWeights chunk_weights(const uint8_t* p, __m256i tl, __m256i th, __m256i low4) {
   const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   const __m256i ih = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4), il = _mm256_and_si256(v, low4);
   const __m256i hl = _mm256_shuffle_epi8(tl, ih), hh = _mm256_shuffle_epi8(th, ih);
   const __m256i ll = _mm256_shuffle_epi8(tl, il), lh = _mm256_shuffle_epi8(th, il);
+  return {_mm256_unpacklo_epi8(hl, hh), _mm256_unpackhi_epi8(hl, hh), _mm256_unpacklo_epi8(ll, lh), _mm256_unpackhi_epi8(ll, lh)};
+}
+
+inline __m256 chunk_dot(const ChunkWeights& w, const int16_t* x) {
   const __m256i* X = reinterpret_cast<const __m256i*>(x);
-  const __m256i s0 = _mm256_madd_epi16(_mm256_unpacklo_epi8(hl, hh), _mm256_load_si256(X));
-  const __m256i s1 = _mm256_madd_epi16(_mm256_unpackhi_epi8(hl, hh), _mm256_load_si256(X + 1));
-  const __m256i s2 = _mm256_madd_epi16(_mm256_unpacklo_epi8(ll, lh), _mm256_load_si256(X + 2));
-  const __m256i s3 = _mm256_madd_epi16(_mm256_unpackhi_epi8(ll, lh), _mm256_load_si256(X + 3));
+  const __m256i s0 = _mm256_madd_epi16(w.w0, _mm256_load_si256(X));
+  const __m256i s1 = _mm256_madd_epi16(w.w1, _mm256_load_si256(X + 1));
+  const __m256i s2 = _mm256_madd_epi16(w.w2, _mm256_load_si256(X + 2));
+  const __m256i s3 = _mm256_madd_epi16(w.w3, _mm256_load_si256(X + 3));
   return _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), _mm256_cvtepi32_ps(_mm256_add_epi32(s2, s3)));
+}
+
+inline __m256 chunk_dot(const uint8_t* p, const int16_t* x, __m256i tl, __m256i th, __m256i low4) {
+  return chunk_dot(chunk_weights(p, tl, th, low4), x);
 }
 
 inline float hsum8(__m256 s) {
@@ -259,6 +272,42 @@ void rows_int16(const Gemv4bitArgs& a, const int16_t* xi, const float* sc, const
     }
     if (c < chunks) acc0 = step(c, acc0);
     store_scalar(a.out, a.dtype, r, hsum8(_mm256_add_ps(acc0, acc1)));
+  }
+}
+
+// rows_int16 for two rows of A at once (a and b share B, absmax and wcode): each chunk's weights are
+// decoded once for both. Every output gets the same operations in the same order as from rows_int16.
+void rows_int16_pair(const Gemv4bitArgs& a, const int16_t* xa, const float* sa, const Gemv4bitArgs& b, const int16_t* xb,
+                     const float* sb, const int16_t* wcode, int64_t r0, int64_t r1) {
+  alignas(16) uint8_t lo[16], hi[16];
+  for (int j = 0; j < 16; ++j) {
+    lo[j] = static_cast<uint8_t>(static_cast<uint16_t>(wcode[j]) & 0xFF);
+    hi[j] = static_cast<uint8_t>(static_cast<uint16_t>(wcode[j]) >> 8);
+  }
+  const __m256i tl = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(lo)));
+  const __m256i th = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(hi)));
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const int64_t chunks = a.K / kIntChunk;
+  int shift = 0;
+  while ((kIntChunk << shift) < a.blocksize) ++shift;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* p = a.B + r * (a.K / 2);
+    const int64_t g = r * chunks;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+    const auto step = [&](int64_t c, __m256& acc_a, __m256& acc_b) {
+      const ChunkWeights w = chunk_weights(p + 32 * c, tl, th, low4);
+      const __m256 s = _mm256_set1_ps(a.scale((g + c) >> shift));
+      acc_a = _mm256_fmadd_ps(_mm256_mul_ps(chunk_dot(w, xa + kIntChunk * c), s), _mm256_broadcast_ss(sa + c), acc_a);
+      acc_b = _mm256_fmadd_ps(_mm256_mul_ps(chunk_dot(w, xb + kIntChunk * c), s), _mm256_broadcast_ss(sb + c), acc_b);
+    };
+    int64_t c = 0;
+    for (; c + 2 <= chunks; c += 2) {
+      step(c, a0, b0);
+      step(c + 1, a1, b1);
+    }
+    if (c < chunks) step(c, a0, b0);
+    store_scalar(a.out, a.dtype, r, hsum8(_mm256_add_ps(a0, a1)));
+    store_scalar(b.out, b.dtype, r, hsum8(_mm256_add_ps(b0, b1)));
   }
 }
 
@@ -365,7 +414,9 @@ constexpr bool kVectorPath = false;
 
 // Rows of A go through the same kernels one after another, inside one parallel region: each thread
 // takes a range of weight rows and, tile by tile (~64 KiB of packed weights, held in L2), runs every row
-// of A over it, so that the weights come from memory once for all M rows.
+// of A over it, so that the weights come from memory once for all M rows. On the int16 path two rows
+// at a time also share the decoding of each weight chunk (rows_int16_pair; 4096x4096 bf16 on the 2-core
+// AVX2 VM: 1.4-1.5x the row-by-row time at M = 2..4), with the same results as one row at a time.
 enum class RowPath : uint8_t { int16, vector, portable };
 constexpr int64_t kTileBytes = 1 << 16;
 
@@ -406,12 +457,22 @@ void gemv_4bit(const Gemv4bitArgs& a) {
   parallel_for(a.N, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int) {
     for (int64_t t0 = r0; t0 < r1; t0 += tile) {
       const int64_t t1 = t0 + tile < r1 ? t0 + tile : r1;
+#if defined(KBIT_ISA_AVX2)
+      int64_t pending = -1;  // an int16 row waiting for a second one to share the weight decoding with
+#endif
       for (int64_t m = 0; m < a.M; ++m) {
         const Gemv4bitArgs& r = rows[m];
         switch (path[m]) {
 #if defined(KBIT_ISA_AVX2)
           case RowPath::int16:
-            rows_int16(r, reinterpret_cast<const int16_t*>(r.act), r.act + a.K / 2, wcode, t0, t1);
+            if (pending < 0) {
+              pending = m;
+            } else {
+              const Gemv4bitArgs& q = rows[pending];
+              rows_int16_pair(q, reinterpret_cast<const int16_t*>(q.act), q.act + a.K / 2, r,
+                              reinterpret_cast<const int16_t*>(r.act), r.act + a.K / 2, wcode, t0, t1);
+              pending = -1;
+            }
             break;
 #endif
 #if defined(KBIT_ISA_AVX512) || defined(KBIT_ISA_AVX2) || defined(KBIT_ISA_NEON)
@@ -420,6 +481,12 @@ void gemv_4bit(const Gemv4bitArgs& a) {
           default: rows_portable(r, t0, t1); break;
         }
       }
+#if defined(KBIT_ISA_AVX2)
+      if (pending >= 0) {
+        const Gemv4bitArgs& q = rows[pending];
+        rows_int16(q, reinterpret_cast<const int16_t*>(q.act), q.act + a.K / 2, wcode, t0, t1);
+      }
+#endif
     }
   });
 }
