@@ -233,81 +233,59 @@ inline __m256 chunk_dot(const ChunkWeights& w, const int16_t* x) {
   return _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), _mm256_cvtepi32_ps(_mm256_add_epi32(s2, s3)));
 }
 
-inline __m256 chunk_dot(const uint8_t* p, const int16_t* x, __m256i tl, __m256i th, __m256i low4) {
-  return chunk_dot(chunk_weights(p, tl, th, low4), x);
-}
-
 inline float hsum8(__m256 s) {
   const __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
   const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
   return _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
 }
 
-void rows_int16(const Gemv4bitArgs& a, const int16_t* xi, const float* sc, const int16_t* wcode, int64_t r0, int64_t r1) {
-  alignas(16) uint8_t lo[16], hi[16];
-  for (int j = 0; j < 16; ++j) {
-    lo[j] = static_cast<uint8_t>(static_cast<uint16_t>(wcode[j]) & 0xFF);
-    hi[j] = static_cast<uint8_t>(static_cast<uint16_t>(wcode[j]) >> 8);
-  }
-  const __m256i tl = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(lo)));
-  const __m256i th = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(hi)));
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
-  const int64_t chunks = a.K / kIntChunk;
-  int shift = 0;  // chunks per block = 1 << shift
-  while ((kIntChunk << shift) < a.blocksize) ++shift;
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* p = a.B + r * (a.K / 2);
-    const int64_t g = r * chunks;  // global chunk index of the row's first chunk
-    // acc += chunk c's sums * absmax[its block] * its activation scale
-    const auto step = [&](int64_t c, __m256 acc) {
-      const __m256 f = chunk_dot(p + 32 * c, xi + kIntChunk * c, tl, th, low4);
-      return _mm256_fmadd_ps(_mm256_mul_ps(f, _mm256_set1_ps(a.scale((g + c) >> shift))),
-                             _mm256_broadcast_ss(sc + c), acc);
-    };
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();  // two chains: the FMA latency
-    int64_t c = 0;
-    for (; c + 2 <= chunks; c += 2) {
-      acc0 = step(c, acc0);
-      acc1 = step(c + 1, acc1);
+// The vpshufb tables of wcode's low and high bytes, and a row's chunk geometry.
+struct Int16Setup {
+  __m256i tl, th, low4;
+  int64_t chunks;  // per row
+  int shift;       // chunks per block = 1 << shift
+  Int16Setup(const Gemv4bitArgs& a, const int16_t* wcode) : low4(_mm256_set1_epi8(0x0F)), chunks(a.K / kIntChunk), shift(0) {
+    alignas(16) uint8_t lo[16], hi[16];
+    for (int j = 0; j < 16; ++j) {
+      lo[j] = static_cast<uint8_t>(static_cast<uint16_t>(wcode[j]) & 0xFF);
+      hi[j] = static_cast<uint8_t>(static_cast<uint16_t>(wcode[j]) >> 8);
     }
-    if (c < chunks) acc0 = step(c, acc0);
-    store_scalar(a.out, a.dtype, r, hsum8(_mm256_add_ps(acc0, acc1)));
+    tl = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(lo)));
+    th = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(hi)));
+    while ((kIntChunk << shift) < a.blocksize) ++shift;
   }
-}
+};
 
-// rows_int16 for two rows of A at once (a and b share B, absmax and wcode): each chunk's weights are
-// decoded once for both. Every output gets the same operations in the same order as from rows_int16.
-void rows_int16_pair(const Gemv4bitArgs& a, const int16_t* xa, const float* sa, const Gemv4bitArgs& b, const int16_t* xb,
-                     const float* sb, const int16_t* wcode, int64_t r0, int64_t r1) {
-  alignas(16) uint8_t lo[16], hi[16];
-  for (int j = 0; j < 16; ++j) {
-    lo[j] = static_cast<uint8_t>(static_cast<uint16_t>(wcode[j]) & 0xFF);
-    hi[j] = static_cast<uint8_t>(static_cast<uint16_t>(wcode[j]) >> 8);
-  }
-  const __m256i tl = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(lo)));
-  const __m256i th = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(hi)));
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
-  const int64_t chunks = a.K / kIntChunk;
-  int shift = 0;
-  while ((kIntChunk << shift) < a.blocksize) ++shift;
+// R rows of A (sharing B, absmax and wcode) over weight rows [r0, r1): x[i] and sc[i] are row i's int16
+// activations and chunk scales (fill_int16). Each chunk's weights are decoded once for the R rows; every
+// output gets the same operations in the same order whatever R is.
+// kNested: a.absmax_q is set (a plain absmax is broadcast straight from memory).
+template <int R, bool kNested>
+void rows_int16(const Gemv4bitArgs* const (&rows)[R], const int16_t* const (&x)[R], const float* const (&sc)[R],
+                const int16_t* wcode, int64_t r0, int64_t r1) {
+  const Gemv4bitArgs& a = *rows[0];
+  const Int16Setup t(a, wcode);
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* p = a.B + r * (a.K / 2);
-    const int64_t g = r * chunks;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
-    const auto step = [&](int64_t c, __m256& acc_a, __m256& acc_b) {
-      const ChunkWeights w = chunk_weights(p + 32 * c, tl, th, low4);
-      const __m256 s = _mm256_set1_ps(a.scale((g + c) >> shift));
-      acc_a = _mm256_fmadd_ps(_mm256_mul_ps(chunk_dot(w, xa + kIntChunk * c), s), _mm256_broadcast_ss(sa + c), acc_a);
-      acc_b = _mm256_fmadd_ps(_mm256_mul_ps(chunk_dot(w, xb + kIntChunk * c), s), _mm256_broadcast_ss(sb + c), acc_b);
+    const int64_t g = r * t.chunks;  // global chunk index of the row's first chunk
+    __m256 acc[R][2];  // two chains per row: the FMA latency
+    for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    // acc += chunk c's sums * absmax[its block] * its activation scale
+    const auto step = [&](int64_t c, int chain) {
+      const ChunkWeights w = chunk_weights(p + 32 * c, t.tl, t.th, t.low4);
+      const int64_t b = (g + c) >> t.shift;
+      const __m256 s = kNested ? _mm256_set1_ps(a.scale(b)) : _mm256_broadcast_ss(a.absmax + b);
+      for (int i = 0; i < R; ++i)
+        acc[i][chain] = _mm256_fmadd_ps(_mm256_mul_ps(chunk_dot(w, x[i] + kIntChunk * c), s), _mm256_broadcast_ss(sc[i] + c),
+                                        acc[i][chain]);
     };
     int64_t c = 0;
-    for (; c + 2 <= chunks; c += 2) {
-      step(c, a0, b0);
-      step(c + 1, a1, b1);
+    for (; c + 2 <= t.chunks; c += 2) {
+      step(c, 0);
+      step(c + 1, 1);
     }
-    if (c < chunks) step(c, a0, b0);
-    store_scalar(a.out, a.dtype, r, hsum8(_mm256_add_ps(a0, a1)));
-    store_scalar(b.out, b.dtype, r, hsum8(_mm256_add_ps(b0, b1)));
+    if (c < t.chunks) step(c, 0);
+    for (int i = 0; i < R; ++i) store_scalar(rows[i]->out, a.dtype, r, hsum8(_mm256_add_ps(acc[i][0], acc[i][1])));
   }
 }
 
@@ -324,6 +302,10 @@ bool prepare_int16(const Gemv4bitArgs& a, int16_t* wcode, int16_t* xi, float* sc
   for (int j = 0; j < 16; ++j) wcode[j] = static_cast<int16_t>(std::nearbyint(a.code[j] * kCodeLevels / cmax));
   return fill_int16(a, xi, sc, cmax / kCodeLevels);
 }
+
+// Where prepare_int16 left a row's int16 activations (K of them) and chunk scales in its scratch.
+inline const int16_t* int16_act(const Gemv4bitArgs& a) { return reinterpret_cast<const int16_t*>(a.act); }
+inline const float* int16_scales(const Gemv4bitArgs& a) { return a.act + a.K / 2; }
 
 inline __m256 lookup8(__m256i idx, __m256 lo, __m256 hi) {
   const __m256 sel = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));  // bit 3 -> sign bit
@@ -415,7 +397,7 @@ constexpr bool kVectorPath = false;
 // Rows of A go through the same kernels one after another, inside one parallel region: each thread
 // takes a range of weight rows and, tile by tile (~64 KiB of packed weights, held in L2), runs every row
 // of A over it, so that the weights come from memory once for all M rows. On the int16 path two rows
-// at a time also share the decoding of each weight chunk (rows_int16_pair; 4096x4096 bf16 on the 2-core
+// at a time also share the decoding of each weight chunk (rows_int16 with R = 2; 4096x4096 bf16 on the 2-core
 // AVX2 VM: 1.4-1.5x the row-by-row time at M = 2..4), with the same results as one row at a time.
 enum class RowPath : uint8_t { int16, vector, portable };
 constexpr int64_t kTileBytes = 1 << 16;
@@ -430,6 +412,7 @@ void gemv_4bit(const Gemv4bitArgs& a) {
   std::vector<RowPath> path(static_cast<size_t>(a.M), RowPath::portable);
 #if defined(KBIT_ISA_AVX2)
   int16_t wcode[16];  // the same for every row (prepare_int16 rebuilds it from a.code)
+  const bool nested = a.absmax_q != nullptr;
 #endif
   for (int64_t m = 0; m < a.M; ++m) {
     Gemv4bitArgs& r = rows[m];
@@ -439,7 +422,7 @@ void gemv_4bit(const Gemv4bitArgs& a) {
     r.act = a.act + m * stride;
 #if defined(KBIT_ISA_AVX2)
     // Scratch for the int16 path: K int16 activations, then K / 64 chunk scales.
-    if (prepare_int16(r, wcode, reinterpret_cast<int16_t*>(r.act), r.act + a.K / 2)) {
+    if (prepare_int16(r, wcode, reinterpret_cast<int16_t*>(r.act), r.act + a.K / 2)) {  // int16_act / int16_scales
       path[m] = RowPath::int16;
       continue;
     }
@@ -469,8 +452,14 @@ void gemv_4bit(const Gemv4bitArgs& a) {
               pending = m;
             } else {
               const Gemv4bitArgs& q = rows[pending];
-              rows_int16_pair(q, reinterpret_cast<const int16_t*>(q.act), q.act + a.K / 2, r,
-                              reinterpret_cast<const int16_t*>(r.act), r.act + a.K / 2, wcode, t0, t1);
+              const Gemv4bitArgs* const pair[2] = {&q, &r};
+              const int16_t* const x[2] = {int16_act(q), int16_act(r)};
+              const float* const sc[2] = {int16_scales(q), int16_scales(r)};
+              if (nested) {
+                rows_int16<2, true>(pair, x, sc, wcode, t0, t1);
+              } else {
+                rows_int16<2, false>(pair, x, sc, wcode, t0, t1);
+              }
               pending = -1;
             }
             break;
@@ -483,8 +472,14 @@ void gemv_4bit(const Gemv4bitArgs& a) {
       }
 #if defined(KBIT_ISA_AVX2)
       if (pending >= 0) {
-        const Gemv4bitArgs& q = rows[pending];
-        rows_int16(q, reinterpret_cast<const int16_t*>(q.act), q.act + a.K / 2, wcode, t0, t1);
+        const Gemv4bitArgs* const one[1] = {&rows[pending]};
+        const int16_t* const x[1] = {int16_act(rows[pending])};
+        const float* const sc[1] = {int16_scales(rows[pending])};
+        if (nested) {
+          rows_int16<1, true>(one, x, sc, wcode, t0, t1);
+        } else {
+          rows_int16<1, false>(one, x, sc, wcode, t0, t1);
+        }
       }
 #endif
     }
