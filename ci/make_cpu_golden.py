@@ -101,7 +101,8 @@ def fourbit(g: Golden) -> None:
     # portable paths.
     for name, M, N, K, bs, qt, dt in [("gemv_rows_bf16", 3, 300, 1024, 64, "nf4", torch.bfloat16),
                                       ("gemv_rows_f32", 4, 70, 256, 128, "fp4", torch.float32),
-                                      ("gemv_rows_odd_k", 2, 33, 100, 32, "nf4", torch.float16)]:
+                                      ("gemv_rows_odd_k", 2, 33, 100, 32, "nf4", torch.float16),
+                                      ("gemv_rows_groups", 11, 40, 128, 64, "nf4", torch.bfloat16)]:  # 8 + 3 rows
         W = torch.randn(N, K) / K**0.5
         packed, absmax = REF["quantize_4bit"](W, bs, qt, torch.uint8)
         code = formats.code_4bit(qt)

@@ -13,7 +13,6 @@
 // avx2 with f16/bf16 activations, K % 64 == 0 and blocksize >= 64: the int16 path (below), which is
 // not exact to float32 but stays at the output dtype's rounding.
 #include <cmath>
-#include <vector>
 
 #include "convert.h"
 #include "dispatch.h"
@@ -36,18 +35,21 @@ struct Gemv4bitArgs {
   void* out;
   float* act;  // scratch: M * act_stride(K) floats, 64-byte aligned
   int32_t threads;
-  // The float32 absmax of block b; nested: absmax_code[q] * scale, then + offset, in the reference's
-  // order (no contraction: -ffp-contract=off), once per block of weights.
-  float scale(int64_t b) const {
-    return absmax_q == nullptr ? absmax[b] : absmax_code[absmax_q[b]] * absmax[b / KBIT_NESTED_BLOCKSIZE] + absmax_offset;
-  }
 };
+
+namespace KBIT_NS {
 
 // Scratch floats per row of A (a multiple of 16: every row's scratch stays 64-byte aligned).
 inline int64_t act_stride(int64_t K) { return (K + 32 + 15) & ~int64_t{15}; }
 
-namespace KBIT_NS {
 namespace {
+
+// The float32 absmax of block b; nested: absmax_code[q] * scale, then + offset, in the reference's
+// order (no contraction: -ffp-contract=off), once per block of weights.
+inline float block_scale(const Gemv4bitArgs& a, int64_t b) {
+  return a.absmax_q == nullptr ? a.absmax[b]
+                               : a.absmax_code[a.absmax_q[b]] * a.absmax[b / KBIT_NESTED_BLOCKSIZE] + a.absmax_offset;
+}
 
 constexpr int64_t kChunk = 32;
 constexpr int64_t kMinWeightsPerThread = 1 << 16;
@@ -65,7 +67,7 @@ void rows_portable(const Gemv4bitArgs& a, int64_t r0, int64_t r1) {
     for (int64_t pos = row, b = row / a.blocksize; pos < row + a.K; ++b) {  // b: block of pos
       const int64_t seg_end = (b + 1) * a.blocksize < row + a.K ? (b + 1) * a.blocksize : row + a.K;
       float lut[16];
-      const float s = a.scale(b);
+      const float s = block_scale(a, b);
       for (int j = 0; j < 16; ++j) lut[j] = a.code[j] * s;
       for (int64_t i = pos; i < seg_end; ++i) acc[i & 3] += a.act[i - row] * lut[nibble(a.B, i)];
       pos = seg_end;
@@ -118,13 +120,13 @@ void rows_vector(const Gemv4bitArgs& a, int64_t r0, int64_t r1) {
     if (a.K % B == 0) {  // whole blocks per row: no division in the loop
       const int64_t per_row = a.K / B, b0 = row / B;
       for (int64_t j = 0; j < per_row; ++j) {
-        const __m512 lut = _mm512_mul_ps(code, _mm512_set1_ps(a.scale(b0 + j)));
+        const __m512 lut = _mm512_mul_ps(code, _mm512_set1_ps(block_scale(a, b0 + j)));
         dot_block(acc, lut, a.B + ((row + j * B) >> 1), a.act + j * B, B / kChunk);
       }
     } else {
       for (int64_t pos = row, b = row / B; pos < row + a.K; ++b) {  // b: block of pos
         const int64_t seg_end = (b + 1) * B < row + a.K ? (b + 1) * B : row + a.K;
-        const __m512 lut = _mm512_mul_ps(code, _mm512_set1_ps(a.scale(b)));
+        const __m512 lut = _mm512_mul_ps(code, _mm512_set1_ps(block_scale(a, b)));
         dot_block(acc, lut, a.B + (pos >> 1), a.act + (pos - row), (seg_end - pos) / kChunk);
         pos = seg_end;
       }
@@ -239,6 +241,10 @@ inline float hsum8(__m256 s) {
   return _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
 }
 
+// Where the int16 path keeps a row's activations (K int16) and chunk scales (K / 64 floats): its scratch.
+inline int16_t* int16_act(const Gemv4bitArgs& a) { return reinterpret_cast<int16_t*>(a.act); }
+inline float* int16_scales(const Gemv4bitArgs& a) { return a.act + a.K / 2; }
+
 // The vpshufb tables of wcode's low and high bytes, and a row's chunk geometry.
 struct Int16Setup {
   __m256i tl, th, low4;
@@ -256,15 +262,20 @@ struct Int16Setup {
   }
 };
 
-// R rows of A (sharing B, absmax and wcode) over weight rows [r0, r1): x[i] and sc[i] are row i's int16
-// activations and chunk scales (fill_int16). Each chunk's weights are decoded once for the R rows; every
+// R rows of A (sharing B, absmax and wcode, their int16 activations and chunk scales prepared by
+// prepare_int16) over weight rows [r0, r1). Each chunk's weights are decoded once for the R rows; every
 // output gets the same operations in the same order whatever R is.
 // kNested: a.absmax_q is set (a plain absmax is broadcast straight from memory).
 template <int R, bool kNested>
-void rows_int16(const Gemv4bitArgs* const (&rows)[R], const int16_t* const (&x)[R], const float* const (&sc)[R],
-                const int16_t* wcode, int64_t r0, int64_t r1) {
+void rows_int16(const Gemv4bitArgs* const (&rows)[R], const int16_t* wcode, int64_t r0, int64_t r1) {
   const Gemv4bitArgs& a = *rows[0];
   const Int16Setup t(a, wcode);
+  const int16_t* x[R];
+  const float* sc[R];
+  for (int i = 0; i < R; ++i) {
+    x[i] = int16_act(*rows[i]);
+    sc[i] = int16_scales(*rows[i]);
+  }
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* p = a.B + r * (a.K / 2);
     const int64_t g = r * t.chunks;  // global chunk index of the row's first chunk
@@ -274,7 +285,7 @@ void rows_int16(const Gemv4bitArgs* const (&rows)[R], const int16_t* const (&x)[
     const auto step = [&](int64_t c, int chain) {
       const ChunkWeights w = chunk_weights(p + 32 * c, t.tl, t.th, t.low4);
       const int64_t b = (g + c) >> t.shift;
-      const __m256 s = kNested ? _mm256_set1_ps(a.scale(b)) : _mm256_broadcast_ss(a.absmax + b);
+      const __m256 s = kNested ? _mm256_set1_ps(block_scale(a, b)) : _mm256_broadcast_ss(a.absmax + b);
       for (int i = 0; i < R; ++i)
         acc[i][chain] = _mm256_fmadd_ps(_mm256_mul_ps(chunk_dot(w, x[i] + kIntChunk * c), s), _mm256_broadcast_ss(sc[i] + c),
                                         acc[i][chain]);
@@ -289,8 +300,19 @@ void rows_int16(const Gemv4bitArgs* const (&rows)[R], const int16_t* const (&x)[
   }
 }
 
-// Fills wcode, xi and sc where the int16 path applies (see above); false where it does not.
-bool prepare_int16(const Gemv4bitArgs& a, int16_t* wcode, int16_t* xi, float* sc) {
+// rows_int16 for the absmax form of the rows.
+template <int R>
+void rows_int16_any(const Gemv4bitArgs* const (&rows)[R], const int16_t* wcode, int64_t r0, int64_t r1) {
+  if (rows[0]->absmax_q != nullptr) {
+    rows_int16<R, true>(rows, wcode, r0, r1);
+  } else {
+    rows_int16<R, false>(rows, wcode, r0, r1);
+  }
+}
+
+// Fills wcode and the row's int16 activations and chunk scales (its scratch) where the int16 path
+// applies (see above); false where it does not.
+bool prepare_int16(const Gemv4bitArgs& a, int16_t* wcode) {
   if (a.dtype == KBIT_CPU_F32 || a.K % kIntChunk != 0 || a.blocksize < kIntChunk) return false;
   double cmax = 0.0;
   for (int j = 0; j < 16; ++j) {
@@ -300,12 +322,8 @@ bool prepare_int16(const Gemv4bitArgs& a, int16_t* wcode, int16_t* xi, float* sc
   }
   if (cmax == 0.0) return false;
   for (int j = 0; j < 16; ++j) wcode[j] = static_cast<int16_t>(std::nearbyint(a.code[j] * kCodeLevels / cmax));
-  return fill_int16(a, xi, sc, cmax / kCodeLevels);
+  return fill_int16(a, int16_act(a), int16_scales(a), cmax / kCodeLevels);
 }
-
-// Where prepare_int16 left a row's int16 activations (K of them) and chunk scales in its scratch.
-inline const int16_t* int16_act(const Gemv4bitArgs& a) { return reinterpret_cast<const int16_t*>(a.act); }
-inline const float* int16_scales(const Gemv4bitArgs& a) { return a.act + a.K / 2; }
 
 inline __m256 lookup8(__m256i idx, __m256 lo, __m256 hi) {
   const __m256 sel = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));  // bit 3 -> sign bit
@@ -321,7 +339,7 @@ void rows_vector(const Gemv4bitArgs& a, int64_t r0, int64_t r1) {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
     for (int64_t pos = row, b = row / B; pos < row + a.K; ++b) {  // b: block of pos
       const int64_t seg_end = (b + 1) * B < row + a.K ? (b + 1) * B : row + a.K;
-      const __m256 scale = _mm256_set1_ps(a.scale(b));
+      const __m256 scale = _mm256_set1_ps(block_scale(a, b));
       const __m256 lo = _mm256_mul_ps(code_lo, scale), hi = _mm256_mul_ps(code_hi, scale);
       for (int64_t i = pos; i < seg_end; i += kChunk) {
         const uint8_t* p = a.B + (i >> 1);
@@ -366,7 +384,7 @@ void rows_vector(const Gemv4bitArgs& a, int64_t r0, int64_t r1) {
     float32x4_t s[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
     for (int64_t pos = row, b = row / B; pos < row + a.K; ++b) {  // b: block of pos
       const int64_t seg_end = (b + 1) * B < row + a.K ? (b + 1) * B : row + a.K;
-      const float scale = a.scale(b);
+      const float scale = block_scale(a, b);
       uint8x16x4_t lut;
       lut.val[0] = vreinterpretq_u8_f32(vmulq_n_f32(c0, scale));
       lut.val[1] = vreinterpretq_u8_f32(vmulq_n_f32(c1, scale));
@@ -394,73 +412,66 @@ constexpr bool kVectorPath = false;
 
 }  // namespace
 
-// Rows of A go through the same kernels one after another, inside one parallel region: each thread
-// takes a range of weight rows and, tile by tile (~64 KiB of packed weights, held in L2), runs every row
-// of A over it, so that the weights come from memory once for all M rows. On the int16 path two rows
-// at a time also share the decoding of each weight chunk (rows_int16 with R = 2; 4096x4096 bf16 on the 2-core
-// AVX2 VM: 1.4-1.5x the row-by-row time at M = 2..4), with the same results as one row at a time.
+// Rows of A go through the same kernels one after another, inside one parallel region per group of up to
+// kGroupRows rows: each thread takes a range of weight rows and, tile by tile (~64 KiB of packed
+// weights, held in L2), runs every row of the group over it, so that the weights come from memory once
+// for the group. On the int16 path two rows at a time also share the decoding of each weight chunk
+// (rows_int16 with R = 2; 4096x4096 bf16 on the 2-core AVX2 VM: 1.4-1.5x the row-by-row time at
+// M = 2..4), with the same results as one row at a time. Fixed-size arrays, no STL containers (see
+// dispatch.h).
 enum class RowPath : uint8_t { int16, vector, portable };
 constexpr int64_t kTileBytes = 1 << 16;
+constexpr int64_t kGroupRows = 8;
 
-void gemv_4bit(const Gemv4bitArgs& a) {
-  const bool vector = kVectorPath && a.K % kChunk == 0;
-  const int64_t min_rows = kMinWeightsPerThread / ((a.K > 0 ? a.K : 1) * a.M) + 1;
+void gemv_rows(const Gemv4bitArgs& a, int64_t m0, int64_t m1) {
+  const int64_t count = m1 - m0;
+  const int64_t min_rows = kMinWeightsPerThread / ((a.K > 0 ? a.K : 1) * count) + 1;
   const int64_t tile = a.K / 2 >= kTileBytes ? 1 : kTileBytes / (a.K / 2 > 0 ? a.K / 2 : 1);
-  const int64_t stride = act_stride(a.K);
   const size_t in_bytes = a.dtype == KBIT_CPU_F32 ? 4 : 2;
-  std::vector<Gemv4bitArgs> rows(static_cast<size_t>(a.M), a);
-  std::vector<RowPath> path(static_cast<size_t>(a.M), RowPath::portable);
-#if defined(KBIT_ISA_AVX2)
+  Gemv4bitArgs rows[kGroupRows];
+  RowPath path[kGroupRows];
   int16_t wcode[16];  // the same for every row (prepare_int16 rebuilds it from a.code)
-  const bool nested = a.absmax_q != nullptr;
-#endif
-  for (int64_t m = 0; m < a.M; ++m) {
-    Gemv4bitArgs& r = rows[m];
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t m = m0 + i;
+    Gemv4bitArgs& r = rows[i] = a;
     r.M = 1;
     r.A = static_cast<const char*>(a.A) + m * a.K * in_bytes;
     r.out = static_cast<char*>(a.out) + m * a.N * in_bytes;
-    r.act = a.act + m * stride;
+    r.act = a.act + m * act_stride(a.K);
+    path[i] = RowPath::portable;
 #if defined(KBIT_ISA_AVX2)
-    // Scratch for the int16 path: K int16 activations, then K / 64 chunk scales.
-    if (prepare_int16(r, wcode, reinterpret_cast<int16_t*>(r.act), r.act + a.K / 2)) {  // int16_act / int16_scales
-      path[m] = RowPath::int16;
+    if (prepare_int16(r, wcode)) {
+      path[i] = RowPath::int16;
       continue;
     }
 #endif
 #if defined(KBIT_ISA_AVX512) || defined(KBIT_ISA_AVX2) || defined(KBIT_ISA_NEON)
-    if (vector) {
+    if (kVectorPath && a.K % kChunk == 0) {
       fill_activations(r);
-      path[m] = RowPath::vector;
+      path[i] = RowPath::vector;
       continue;
     }
 #endif
     to_f32(r.A, a.dtype, 0, a.K, r.act);
   }
-  (void)vector;
+  (void)wcode;
   parallel_for(a.N, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int) {
     for (int64_t t0 = r0; t0 < r1; t0 += tile) {
       const int64_t t1 = t0 + tile < r1 ? t0 + tile : r1;
 #if defined(KBIT_ISA_AVX2)
-      int64_t pending = -1;  // an int16 row waiting for a second one to share the weight decoding with
+      const Gemv4bitArgs* pending = nullptr;  // an int16 row waiting for a second one to share the decoding
 #endif
-      for (int64_t m = 0; m < a.M; ++m) {
-        const Gemv4bitArgs& r = rows[m];
-        switch (path[m]) {
+      for (int64_t i = 0; i < count; ++i) {
+        const Gemv4bitArgs& r = rows[i];
+        switch (path[i]) {
 #if defined(KBIT_ISA_AVX2)
           case RowPath::int16:
-            if (pending < 0) {
-              pending = m;
+            if (pending == nullptr) {
+              pending = &r;
             } else {
-              const Gemv4bitArgs& q = rows[pending];
-              const Gemv4bitArgs* const pair[2] = {&q, &r};
-              const int16_t* const x[2] = {int16_act(q), int16_act(r)};
-              const float* const sc[2] = {int16_scales(q), int16_scales(r)};
-              if (nested) {
-                rows_int16<2, true>(pair, x, sc, wcode, t0, t1);
-              } else {
-                rows_int16<2, false>(pair, x, sc, wcode, t0, t1);
-              }
-              pending = -1;
+              const Gemv4bitArgs* const pair[2] = {pending, &r};
+              rows_int16_any(pair, wcode, t0, t1);
+              pending = nullptr;
             }
             break;
 #endif
@@ -471,19 +482,17 @@ void gemv_4bit(const Gemv4bitArgs& a) {
         }
       }
 #if defined(KBIT_ISA_AVX2)
-      if (pending >= 0) {
-        const Gemv4bitArgs* const one[1] = {&rows[pending]};
-        const int16_t* const x[1] = {int16_act(rows[pending])};
-        const float* const sc[1] = {int16_scales(rows[pending])};
-        if (nested) {
-          rows_int16<1, true>(one, x, sc, wcode, t0, t1);
-        } else {
-          rows_int16<1, false>(one, x, sc, wcode, t0, t1);
-        }
+      if (pending != nullptr) {
+        const Gemv4bitArgs* const one[1] = {pending};
+        rows_int16_any(one, wcode, t0, t1);
       }
 #endif
     }
   });
+}
+
+void gemv_4bit(const Gemv4bitArgs& a) {
+  for (int64_t m0 = 0; m0 < a.M; m0 += kGroupRows) gemv_rows(a, m0, m0 + kGroupRows < a.M ? m0 + kGroupRows : a.M);
 }
 
 }  // namespace KBIT_NS
@@ -516,7 +525,7 @@ extern "C" int32_t kbit_cpu_gemv_4bit(const void* A, int32_t dtype, const uint8_
     }
     require(A != nullptr && B != nullptr && absmax != nullptr, "A, B and absmax must not be NULL");
     require(absmax_8bit == nullptr || absmax_code != nullptr, "absmax_code must not be NULL with absmax_8bit");
-    std::unique_ptr<float[]> act_storage(new float[M * act_stride(K) + 16]);
+    std::unique_ptr<float[]> act_storage(new float[M * isa_scalar::act_stride(K) + 16]);
     float* act = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(act_storage.get()) + 63) & ~uintptr_t{63});
     const Gemv4bitArgs args{A, dtype, B, absmax, absmax_8bit, absmax_code, absmax_offset, code, M, N, K, blocksize, out, act, num_threads};
     KBIT_DISPATCH(gemv_4bit(args));

@@ -70,10 +70,10 @@ float span_absmax(const QuantizeBlockwiseArgs& a, int64_t begin, int64_t end) {
   return nan ? __builtin_nanf("") : m;
 }
 
-// Block b of the input: its element range and absmax (stored to a.absmax[b]).
+// Block b of the input: its element range, absmax (stored to a.absmax[b]) and scale inverse_scale(absmax).
 struct BlockSpan {
   int64_t begin, end;
-  float absmax;
+  float absmax, inv;
 };
 
 inline BlockSpan block_span(const QuantizeBlockwiseArgs& a, int64_t b) {
@@ -81,7 +81,7 @@ inline BlockSpan block_span(const QuantizeBlockwiseArgs& a, int64_t b) {
   const int64_t end = begin + a.blocksize < a.n ? begin + a.blocksize : a.n;
   const float amax = span_absmax(a, begin, end);
   a.absmax[b] = amax;
-  return {begin, end, amax};
+  return {begin, end, amax, inverse_scale(amax)};
 }
 
 #if defined(KBIT_ISA_AVX2)
@@ -116,17 +116,14 @@ void quantize_blocks_sorted(const QuantizeBlockwiseArgs& a, const Grid256& grid,
   alignas(32) int32_t cell[kSpan], low[kSpan];
   for (int64_t b = b0; b < b1; ++b) {
     const BlockSpan blk = block_span(a, b);
-    const int64_t begin = blk.begin, end = blk.end;
-    const float amax = blk.absmax;
-    const float inv_s = inverse_scale(amax);
-    const __m256 inv = _mm256_set1_ps(inv_s);
-    const bool finite = (f32_bits(amax) & kAbsBits) < 0x7F800000u;  // then no scaled value is NaN
-    for (int64_t i = begin; i < end; i += kSpan) {
-      const int64_t len = end - i < kSpan ? end - i : kSpan;
+    const __m256 inv = _mm256_set1_ps(blk.inv);
+    const bool finite = (f32_bits(blk.absmax) & kAbsBits) < 0x7F800000u;  // then no scaled value is NaN
+    for (int64_t i = blk.begin; i < blk.end; i += kSpan) {
+      const int64_t len = blk.end - i < kSpan ? blk.end - i : kSpan;
       if (finite) {
-        code_span_sorted<true>(a, g, grid, inv, inv_s, i, len, cell, low);
+        code_span_sorted<true>(a, g, grid, inv, blk.inv, i, len, cell, low);
       } else {
-        code_span_sorted<false>(a, g, grid, inv, inv_s, i, len, cell, low);
+        code_span_sorted<false>(a, g, grid, inv, blk.inv, i, len, cell, low);
       }
     }
   }
@@ -139,16 +136,13 @@ void quantize_blocks_grid(const QuantizeBlockwiseArgs& a, const SortedCode<256>&
   const __m256 one = _mm256_set1_ps(1.0f), minus_one = _mm256_set1_ps(-1.0f);
   for (int64_t b = b0; b < b1; ++b) {
     const BlockSpan blk = block_span(a, b);
-    const int64_t begin = blk.begin, end = blk.end;
-    const float amax = blk.absmax;
-    const float inv_s = inverse_scale(amax);
-    const __m256 inv = _mm256_set1_ps(inv_s);
-    int64_t i = begin;
-    for (; i + 8 <= end; i += 8) {
+    const __m256 inv = _mm256_set1_ps(blk.inv);
+    int64_t i = blk.begin;
+    for (; i + 8 <= blk.end; i += 8) {
       const __m256 s = _mm256_max_ps(minus_one, _mm256_min_ps(one, _mm256_mul_ps(load8(a.A, a.dtype, i), inv)));
       store_codes8(a.out + i, _mm256_i32gather_epi32(order, grid_positions8(grid, s), 4));
     }
-    for (; i < end; ++i) a.out[i] = sc.order[grid_position(grid, scale_clamp(load_scalar(a.A, a.dtype, i), inv_s))];
+    for (; i < blk.end; ++i) a.out[i] = sc.order[grid_position(grid, scale_clamp(load_scalar(a.A, a.dtype, i), blk.inv))];
   }
 }
 #endif
@@ -158,12 +152,10 @@ void quantize_blocks(const QuantizeBlockwiseArgs& a, const SortedCode<256>& sc, 
   const Search256 search(sc);
   for (int64_t b = b0; b < b1; ++b) {
     const BlockSpan blk = block_span(a, b);
-    const int64_t begin = blk.begin, end = blk.end;
-    const float amax = blk.absmax;
-    const __m512 inv = _mm512_set1_ps(inverse_scale(amax));
+    const __m512 inv = _mm512_set1_ps(blk.inv);
     const __m512 one = _mm512_set1_ps(1.0f), minus_one = _mm512_set1_ps(-1.0f);
-    for (int64_t i = begin; i < end; i += 16) {
-      const __mmask16 t = tail_mask16(end - i);
+    for (int64_t i = blk.begin; i < blk.end; i += 16) {
+      const __mmask16 t = tail_mask16(blk.end - i);
       const __m512 s = _mm512_max_ps(minus_one, _mm512_min_ps(one, _mm512_mul_ps(load16_masked(a.A, a.dtype, i, t), inv)));
       _mm_mask_storeu_epi8(a.out + i, t, _mm512_cvtepi32_epi8(search.codes(s)));
     }
@@ -179,9 +171,7 @@ void quantize_span_scalar(const QuantizeBlockwiseArgs& a, const SortedCode<256>&
 void quantize_blocks(const QuantizeBlockwiseArgs& a, const SortedCode<256>& sc, int64_t b0, int64_t b1) {
   for (int64_t b = b0; b < b1; ++b) {
     const BlockSpan blk = block_span(a, b);
-    const int64_t begin = blk.begin, end = blk.end;
-    const float amax = blk.absmax;
-    quantize_span_scalar(a, sc, inverse_scale(amax), begin, end);
+    quantize_span_scalar(a, sc, blk.inv, blk.begin, blk.end);
   }
 }
 #endif

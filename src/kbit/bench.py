@@ -198,7 +198,7 @@ class Bench:
             self.record("decoder layers bf16", shape, 1, "torch", dense, moved, dense)
             quantize_model(model, QuantConfig(bits=4, quant_type=QUANT_TYPE, compute_dtype=ACT_DTYPE))
             moved = sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
-            served = next((name for name, kernels in self.providers if "gemv_4bit" in kernels), backends.REFERENCE)
+            served = next((name for name, kernels in self.providers if "gemm_4bit" in kernels), backends.REFERENCE)  # matmul_4bit's op
             self.record("decoder layers Linear4bit", shape, 1, served, median_seconds(lambda: model(x)), moved, dense)
 
     def run(self) -> None:
