@@ -152,7 +152,7 @@ def blockwise(g: Golden) -> None:
 
 def int8(g: Golden) -> None:
     for name, rows, K, thr, dt in [("vq_plain", 5, 33, 0.0, torch.float16), ("vq_outliers", 6, 40, 3.0, torch.float32),
-                                   ("vq_big", 64, 4097, 3.0, torch.bfloat16)]:
+                                   ("vq_big", 64, 4097, 3.0, torch.bfloat16), ("vq_plain_big", 9, 1030, 0.0, torch.bfloat16)]:
         A = torch.randn(rows, K)
         A[0, -1], A[rows - 1, 0], A[2] = 2 * thr + 1, -thr, 0.0
         A = A.to(dt)

@@ -3,9 +3,18 @@
 // As kbit.reference.int8_vectorwise_quant: with threshold > 0, |x| >= threshold marks outliers, which
 // are excluded from the row absmax and coded 0 (with more than one row, their whole columns are 0);
 // codes are round_half_even((x * 127) / absmax) in float32, clamped to +-127, 0 for a zero row.
-// Two passes over rows split across threads: stats + per-thread outlier column masks, then codes.
-// Portable code, vectorized by the compiler for each ISA.
+// Without a threshold every row is independent: one pass over rows split across threads, each row
+// converted to float32 once, its absmax taken, then coded. With a threshold the outlier columns of all
+// rows must be known before any row is coded: a stats pass (per-thread column masks), then the codes.
+// The absmax loop is portable code the compiler vectorizes for each ISA (no branches: an unsigned max
+// over the bits with the sign cleared, where NaN sorts above infinity); the coding loop too, and on
+// AVX2 it is written out (32 codes per step, saturating packs) because the compiler's int8 narrowing
+// took twice the instructions. The division stays an IEEE division, as the reference divides.
+// Measured (2-core AVX2 VM, bf16, 2 threads, fresh outputs included): 4096x4096 3.7-4.4 ms, was
+// 21-36 ms when neither loop was vectorized (the old branches kept them scalar) and two passes read
+// the input; 512x4096 (a prefill's activations) 0.43-0.56 ms, was 2.5 ms.
 #include <cmath>
+#include <cstring>
 
 #include "convert.h"
 #include "dispatch.h"
@@ -31,46 +40,111 @@ namespace KBIT_NS {
 namespace {
 
 constexpr int64_t kMinElementsPerThread = 1 << 15;
+constexpr uint32_t kAbs = 0x7FFFFFFFu, kInfBits = 0x7F800000u;
 
-void stats_rows(const Int8VectorwiseQuantArgs& a, int64_t r0, int64_t r1, int slot) {
-  float* x = a.rowbuf + slot * a.K;
-  uint8_t* mask = a.part_masks != nullptr ? a.part_masks + slot * a.K : nullptr;
-  const bool outliers = a.threshold > 0.0f;
-  for (int64_t r = r0; r < r1; ++r) {
-    to_f32(a.A, a.dtype, r * a.K, a.K, x);
-    float m = 0.0f;
-    bool nan = false;
-    for (int64_t k = 0; k < a.K; ++k) {
-      float ax = std::fabs(x[k]);
-      if (outliers && ax >= a.threshold) {
-        mask[k] = 1;
-        ax = 0.0f;
-      }
-      nan |= ax != ax;
-      m = ax > m ? ax : m;
+// max |x[k]| over a row (NaN if any is NaN, as torch's amax). kOutliers: |x| >= threshold is left out
+// of the max and marked in mask.
+template <bool kOutliers>
+float row_absmax(const float* x, int64_t K, float threshold, uint8_t* mask) {
+  uint32_t m = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    uint32_t b;
+    std::memcpy(&b, x + k, sizeof b);
+    b &= kAbs;
+    if (kOutliers) {
+      float ax;
+      std::memcpy(&ax, &b, sizeof ax);
+      const uint32_t outlier = ax >= threshold ? 1u : 0u;  // NaN is not an outlier
+      mask[k] = static_cast<uint8_t>(mask[k] | outlier);
+      b &= outlier - 1u;
     }
-    a.row_stats[r] = nan ? __builtin_nanf("") : m;
+    m = b > m ? b : m;
+  }
+  return m > kInfBits ? __builtin_nanf("") : bits_f32(m);
+}
+
+// q[k] = clamp(round_half_even((x[k] * 127) / s), -127, 127); 0 where that is NaN (a NaN row, or Inf / Inf).
+// kOutliers: |x| >= threshold codes 0. s == 0 (an all-zero row) is the caller's case.
+#if defined(KBIT_ISA_AVX2)
+// 8 codes as int32 lanes (clamped to +-127, NaN 0), for code_row.
+template <bool kOutliers>
+inline __m256i code8(__m256 v, __m256 s, __m256 threshold) {
+  const __m256 limit = _mm256_set1_ps(KBIT_INT8_MAX), abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(kAbs)));
+  if (kOutliers) v = _mm256_andnot_ps(_mm256_cmp_ps(_mm256_and_ps(v, abs_mask), threshold, _CMP_GE_OQ), v);
+  __m256 c = _mm256_round_ps(_mm256_div_ps(_mm256_mul_ps(v, limit), s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  c = _mm256_andnot_ps(_mm256_cmp_ps(c, c, _CMP_UNORD_Q), c);
+  c = _mm256_min_ps(_mm256_max_ps(c, _mm256_set1_ps(-KBIT_INT8_MAX)), limit);
+  return _mm256_cvtps_epi32(c);  // exact: c is integral
+}
+#endif
+
+template <bool kOutliers>
+void code_row(const float* x, int64_t K, float s, float threshold, int8_t* q) {
+  int64_t k = 0;
+#if defined(KBIT_ISA_AVX2)
+  // 32 per step: the int32 lanes are within +-127, so the saturating packs are exact.
+  const __m256 sv = _mm256_set1_ps(s), tv = _mm256_set1_ps(threshold);
+  for (; k + 32 <= K; k += 32) {
+    const __m256i a = code8<kOutliers>(_mm256_loadu_ps(x + k), sv, tv), b = code8<kOutliers>(_mm256_loadu_ps(x + k + 8), sv, tv);
+    const __m256i c = code8<kOutliers>(_mm256_loadu_ps(x + k + 16), sv, tv), d = code8<kOutliers>(_mm256_loadu_ps(x + k + 24), sv, tv);
+    const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+    // lanes now hold a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7 (4-byte groups): back to element order
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + k),
+                        _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  }
+#endif
+  for (; k < K; ++k) {
+    float v = x[k];
+    if (kOutliers) v = std::fabs(v) >= threshold ? 0.0f : v;
+    float c = __builtin_rintf((v * KBIT_INT8_MAX) / s);
+    c = c != c ? 0.0f : c;
+    c = c < -KBIT_INT8_MAX ? -KBIT_INT8_MAX : c;
+    c = c > KBIT_INT8_MAX ? KBIT_INT8_MAX : c;
+    q[k] = static_cast<int8_t>(static_cast<int32_t>(c));
   }
 }
 
-void code_rows(const Int8VectorwiseQuantArgs& a, int64_t r0, int64_t r1, int slot) {
+template <bool kOutliers>
+void code_row_any(const float* x, int64_t K, float s, float threshold, int8_t* q) {
+  if (s == 0.0f) {
+    std::memset(q, 0, static_cast<size_t>(K));
+  } else {
+    code_row<kOutliers>(x, K, s, threshold, q);
+  }
+}
+
+// threshold == 0: absmax and codes of each row in one pass.
+void quantize_rows(const Int8VectorwiseQuantArgs& a, int64_t r0, int64_t r1, int slot) {
   float* x = a.rowbuf + slot * a.K;
-  const bool outliers = a.threshold > 0.0f;
-  const bool zero_columns = outliers && a.rows > 1;
   for (int64_t r = r0; r < r1; ++r) {
     to_f32(a.A, a.dtype, r * a.K, a.K, x);
-    const float s = a.row_stats[r];
+    const float s = row_absmax<false>(x, a.K, 0.0f, nullptr);
+    a.row_stats[r] = s;
+    code_row_any<false>(x, a.K, s, 0.0f, a.out + r * a.K);
+  }
+}
+
+// threshold > 0, first pass: row absmax without outliers, outlier columns into the slot's mask.
+void stats_rows(const Int8VectorwiseQuantArgs& a, int64_t r0, int64_t r1, int slot) {
+  float* x = a.rowbuf + slot * a.K;
+  uint8_t* mask = a.part_masks + slot * a.K;
+  for (int64_t r = r0; r < r1; ++r) {
+    to_f32(a.A, a.dtype, r * a.K, a.K, x);
+    a.row_stats[r] = row_absmax<true>(x, a.K, a.threshold, mask);
+  }
+}
+
+// threshold > 0, second pass: codes, outliers 0 and, with more than one row, their whole columns 0.
+void code_rows(const Int8VectorwiseQuantArgs& a, int64_t r0, int64_t r1, int slot) {
+  float* x = a.rowbuf + slot * a.K;
+  const bool zero_columns = a.rows > 1;
+  for (int64_t r = r0; r < r1; ++r) {
+    to_f32(a.A, a.dtype, r * a.K, a.K, x);
     int8_t* q = a.out + r * a.K;
-    for (int64_t k = 0; k < a.K; ++k) {
-      float v = x[k];
-      if (outliers && std::fabs(v) >= a.threshold) v = 0.0f;
-      float c = __builtin_rintf((v * KBIT_INT8_MAX) / s);
-      c = (s == 0.0f || c != c) ? 0.0f : c;  // zero row; NaN (a NaN row absmax) codes 0
-      c = c < -KBIT_INT8_MAX ? -KBIT_INT8_MAX : (c > KBIT_INT8_MAX ? KBIT_INT8_MAX : c);
-      q[k] = static_cast<int8_t>(c);
-    }
+    code_row_any<true>(x, a.K, a.row_stats[r], a.threshold, q);
     if (zero_columns) {
-      for (int64_t k = 0; k < a.K; ++k) q[k] = a.outlier_cols[k] ? 0 : q[k];
+      const uint8_t* cols = a.outlier_cols;
+      for (int64_t k = 0, K = a.K; k < K; ++k) q[k] = cols[k] ? 0 : q[k];
     }
   }
 }
@@ -79,17 +153,17 @@ void code_rows(const Int8VectorwiseQuantArgs& a, int64_t r0, int64_t r1, int slo
 
 void int8_vectorwise_quant(const Int8VectorwiseQuantArgs& a) {
   const int64_t min_rows = kMinElementsPerThread / a.K + 1;
-  const int slots = a.threads > 0 ? a.threads : 1;
-  if (a.part_masks != nullptr) {
-    for (int64_t i = 0; i < slots * a.K; ++i) a.part_masks[i] = 0;
+  if (a.part_masks == nullptr) {
+    parallel_for(a.rows, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int slot) { quantize_rows(a, r0, r1, slot); });
+    return;
   }
+  const int slots = a.threads > 0 ? a.threads : 1;
+  for (int64_t i = 0; i < slots * a.K; ++i) a.part_masks[i] = 0;
   parallel_for(a.rows, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int slot) { stats_rows(a, r0, r1, slot); });
-  if (a.outlier_cols != nullptr) {
-    for (int64_t k = 0; k < a.K; ++k) {
-      uint8_t any = 0;
-      for (int p = 0; p < slots; ++p) any |= a.part_masks[p * a.K + k];
-      a.outlier_cols[k] = any;
-    }
+  for (int64_t k = 0; k < a.K; ++k) {
+    uint8_t any = 0;
+    for (int p = 0; p < slots; ++p) any |= a.part_masks[p * a.K + k];
+    a.outlier_cols[k] = any;
   }
   parallel_for(a.rows, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int slot) { code_rows(a, r0, r1, slot); });
 }

@@ -78,6 +78,61 @@ def test_ratios(report):
     assert [r["copy_gbps"] for r in report["rows"]] == samples[1:]
 
 
+@pytest.fixture(scope="module")
+def int8_report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench_int8")
+    rc, data = _run(tmp, "--ops", "int8_vectorwise_quant,int8_linear_matmul,int8_scaled_mm,int8_mm_dequant,adam32bit")
+    assert rc == 0
+    return data
+
+
+def test_int8_and_adam32_rows(int8_report):
+    N = K = 1024
+    n = N * K
+    providers = set(int8_report["environment"]["providers"])
+    moved = {
+        "int8_vectorwise_quant": 2 * n + n + 4 * N,  # bf16 in, int8 codes + one float32 stat per row out
+        "int8_mm_dequant": 4 * n + 4 * N + 4 * K + 2 * n,  # int32 in, both stats, bf16 out
+    }
+    for op, want in moved.items():
+        rows = _rows(int8_report, op)
+        assert {r["provider"] for r in rows} == providers, op
+        for r in rows:
+            assert r["batch"] is None and r["vs_dense"] is None
+            assert r["gbps"] == pytest.approx(want / (r["ms"] * 1e-3) / 1e9, rel=1e-9)
+    for M in (1, 8, 32):
+        (dense,) = _rows(int8_report, "dense bf16 x @ W.T", "torch", M)
+        per_op = {
+            "int8_linear_matmul": n + M * K + 4 * M * N,  # int8 weight and activations, int32 out
+            "int8_scaled_mm": n + 4 * N + M * K + 4 * M + 2 * M * N,  # + the stats, bf16 out
+        }
+        for op, want in per_op.items():
+            rows = _rows(int8_report, op, batch=M)
+            assert {r["provider"] for r in rows} == providers, (op, M)
+            for r in rows:
+                assert r["gbps"] == pytest.approx(want / (r["ms"] * 1e-3) / 1e9, rel=1e-9)
+                assert r["vs_dense"] == pytest.approx(dense["ms"] / r["ms"], rel=1e-9)
+    # 32-bit Adam: g read, p and both float32 states read and written; against the torch.optim.Adam row
+    p = 2**18
+    (torch_adam,) = _rows(int8_report, "torch.optim.Adam step (f32)", "torch")
+    rows = _rows(int8_report, "optimizer_update_32bit adam")
+    assert {r["provider"] for r in rows} == providers
+    for r in rows:
+        assert r["shape"] == f"{p} params"
+        assert r["gbps"] == pytest.approx((4 * p + 2 * 3 * 4 * p) / (r["ms"] * 1e-3) / 1e9, rel=1e-9)
+        assert r["vs_dense"] == pytest.approx(torch_adam["ms"] / r["ms"], rel=1e-9)
+
+
+def test_torch_adam_timed_once(tmp_path):
+    rc, data = _run(tmp_path, "--ops", "adam8bit,adam32bit")
+    assert rc == 0
+    assert len(_rows(data, "torch.optim.Adam step (f32)")) == 1
+    (torch_adam,) = _rows(data, "torch.optim.Adam step (f32)")
+    for op in ("optimizer_update_8bit_blockwise adam", "optimizer_update_32bit adam"):
+        for r in _rows(data, op):
+            assert r["vs_dense"] == pytest.approx(torch_adam["ms"] / r["ms"], rel=1e-9)
+
+
 def test_environment(report):
     env = report["environment"]
     assert env["torch"] == torch.__version__

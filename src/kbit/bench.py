@@ -3,8 +3,10 @@
 Every provider runs on the same inputs (NF4, blocksize 64, bf16 activations; LLM shapes 4096x4096,
 11008x4096, 4096x11008 at batch 1, 8 and 32; ``--quick``: 1024x1024). Each row reports the median
 time of repeated calls, the bytes the op must move per call divided by that time (GB/s), the speed-up
-over dense torch bf16 ``x @ W.T`` at the same batch (matmul rows) or over ``torch.optim.Adam`` (the
-8-bit Adam step), and the fraction of the machine's copy bandwidth that the GB/s figure reaches. The
+over dense torch bf16 ``x @ W.T`` at the same batch (matmul rows: the 4-bit gemv / gemm and the
+LLM.int8() int8_linear_matmul / int8_scaled_mm on a weight quantized once) or over ``torch.optim.Adam``
+(the 8-bit and 32-bit Adam steps, on the same parameters), and the fraction of the machine's copy
+bandwidth that the GB/s figure reaches. The
 copy bandwidth (a large float32 ``Tensor.copy_``) is measured again right after every row and each
 row's fraction uses its own figure: on a shared host the memory bandwidth drifts over a run by more
 than the differences the fractions are read for. Dequantize rows use the ``.out`` overloads, so they
@@ -48,8 +50,12 @@ MIN_REPEATS, MAX_REPEATS = 3, 50
 #: Time budget of each copy-bandwidth measurement next to a row.
 COPY_SECONDS = 0.1
 
-OPS = ("quantize_4bit", "dequantize_4bit", "gemv_4bit", "gemm_4bit", "quantize_blockwise", "dequantize_blockwise", "adam8bit",
-       "layers")
+OPS = ("quantize_4bit", "dequantize_4bit", "gemv_4bit", "gemm_4bit", "quantize_blockwise", "dequantize_blockwise",
+       "int8_vectorwise_quant", "int8_linear_matmul", "int8_scaled_mm", "int8_mm_dequant", "adam8bit", "adam32bit", "layers")
+#: Ops timed at every batch against dense bf16 ``x @ W.T``.
+MATMUL_OPS = {"gemv_4bit", "gemm_4bit", "int8_linear_matmul", "int8_scaled_mm"}
+#: Ops timed once per weight shape.
+WEIGHT_OPS = set(OPS) - {"adam8bit", "adam32bit", "layers"}
 #: The ``layers`` row: decoder-shaped layers (hidden, ffn, count) run at batch 1, 4-bit against dense bf16.
 LAYERS = (4096, 11008, 2)
 QUICK_LAYERS = (1024, 2816, 2)
@@ -110,6 +116,7 @@ class Bench:
         self.providers = backends.kernels_for("cpu")
         self.copy = CopyMeter(QUICK_COPY_BYTES if quick else COPY_BYTES)
         self.copy.measure(MIN_SECONDS)  # the first pages touched, the clock up
+        self._adam_seconds: float | None = None
 
     def record(self, op, shape, batch, provider, seconds, moved=None, dense=None):
         gbps = moved / seconds / 1e9 if moved else None
@@ -142,7 +149,13 @@ class Bench:
             out = torch.empty(N, K, dtype=ACT_DTYPE)
             self.each("dequantize_4bit", "dequantize_4bit.out", shape, None,
                       (packed, absmax, BLOCKSIZE, QUANT_TYPE, [N, K], ACT_DTYPE, out), moved=nbytes(packed, absmax, out))
-        for M in BATCHES if self.ops & {"gemv_4bit", "gemm_4bit"} else []:
+        int8_weight = None
+        if self.ops & {"int8_vectorwise_quant", "int8_linear_matmul", "int8_scaled_mm"}:
+            int8_weight = torch.ops.kbit.int8_vectorwise_quant(W)[:2]  # CB [N, K] int8, SCB [N]
+            if "int8_vectorwise_quant" in self.ops:
+                self.each("int8_vectorwise_quant", "int8_vectorwise_quant", shape, None, (W, 0.0),
+                          moved=nbytes(W, *int8_weight), max_repeats=10)
+        for M in BATCHES if self.ops & MATMUL_OPS else []:
             x = torch.randn(M, K, dtype=ACT_DTYPE)
             dense = median_seconds(lambda: x @ W.T)
             self.record("dense bf16 x @ W.T", shape, M, "torch", dense, moved=nbytes(W, x) + M * N * 2, dense=dense)
@@ -152,6 +165,16 @@ class Bench:
             if "gemm_4bit" in self.ops:
                 self.each("gemm_4bit", "gemm_4bit", shape, M, (x, packed, [N, K], absmax, BLOCKSIZE, QUANT_TYPE),
                           moved, dense, max_repeats=10)
+            if int8_weight is not None and self.ops & {"int8_linear_matmul", "int8_scaled_mm"}:
+                # LLM.int8() without outliers: the weight quantized once, the activations per call (not timed here)
+                CB, SCB = int8_weight
+                CA, SCA = torch.ops.kbit.int8_vectorwise_quant(x)[:2]
+                if "int8_linear_matmul" in self.ops:
+                    self.each("int8_linear_matmul", "int8_linear_matmul", shape, M, (CA, CB),
+                              nbytes(CB, CA) + 4 * M * N, dense)
+                if "int8_scaled_mm" in self.ops:
+                    self.each("int8_scaled_mm", "int8_scaled_mm", shape, M, (CA, CB, SCA, SCB, None, ACT_DTYPE),
+                              nbytes(CB, SCB, CA, SCA) + M * N * 2, dense)
         if self.ops & {"quantize_blockwise", "dequantize_blockwise"}:
             dyn = create_dynamic_map()
             q, qabsmax = torch.ops.kbit.quantize_blockwise(W, dyn, BLOCKWISE_BLOCKSIZE)
@@ -162,17 +185,34 @@ class Bench:
                 out = torch.empty(N, K, dtype=ACT_DTYPE)
                 self.each("dequantize_blockwise", "dequantize_blockwise.out", shape, None,
                           (q, qabsmax, dyn, BLOCKWISE_BLOCKSIZE, ACT_DTYPE, out), moved=nbytes(q, qabsmax, out))
+        if "int8_mm_dequant" in self.ops:
+            # An int32 product of the weight's shape (as from a prefill of N tokens through a K-wide layer) to bf16.
+            torch.manual_seed(0)
+            C = torch.randint(-(2**20), 2**20, (N, K), dtype=torch.int32)
+            row_stats, col_stats = torch.rand(N) * 8, torch.rand(K) * 8
+            self.each("int8_mm_dequant", "int8_mm_dequant", shape, None, (C, row_stats, col_stats, ACT_DTYPE, None),
+                      moved=nbytes(C, row_stats, col_stats) + 2 * N * K)
 
-    def adam8bit(self) -> None:
+    def adam_params(self) -> tuple[int, str, torch.Tensor, torch.Tensor]:
+        """The Adam rows' parameters (n, shape label, gradient, weights); the first call also times
+        ``torch.optim.Adam`` on them (the rows' baseline) and records its row."""
         n = QUICK_ADAM_PARAMS if self.quick else ADAM_PARAMS
         shape = f"{n} params"
+        torch.manual_seed(0)
         p = torch.nn.Parameter(torch.randn(n) * 0.1)
         p.grad = torch.randn(n) * 0.01
-        opt = torch.optim.Adam([p], lr=1e-3)
-        adam = median_seconds(opt.step)
-        self.record("torch.optim.Adam step (f32)", shape, None, "torch", adam, nbytes(p, p.grad) + 4 * 4 * n, adam)
-        nb = formats.num_blocks(n, formats.OPTIMIZER_BLOCKSIZE)
         g, w = p.grad.detach().clone(), p.detach().clone()
+        if self._adam_seconds is None:
+            opt = torch.optim.Adam([p], lr=1e-3)
+            adam = median_seconds(opt.step)
+            self.record("torch.optim.Adam step (f32)", shape, None, "torch", adam, nbytes(p, p.grad) + 4 * 4 * n, adam)
+            self._adam_seconds = adam
+        return n, shape, g, w
+
+    def adam8bit(self) -> None:
+        n, shape, g, w = self.adam_params()
+        adam = self._adam_seconds
+        nb = formats.num_blocks(n, formats.OPTIMIZER_BLOCKSIZE)
         s1, s2 = torch.zeros(n, dtype=torch.uint8), torch.zeros(n, dtype=torch.uint8)
         a1, a2 = torch.zeros(nb), torch.zeros(nb)
         q1, q2 = create_dynamic_map(True), create_dynamic_map(False)
@@ -180,6 +220,13 @@ class Bench:
         moved = nbytes(g) + 2 * nbytes(w, s1, s2, a1, a2)
         self.each("optimizer_update_8bit_blockwise adam", "optimizer_update_8bit_blockwise", shape, None, args,
                   moved, adam, max_repeats=10)
+
+    def adam32bit(self) -> None:
+        n, shape, g, w = self.adam_params()
+        s1, s2 = torch.zeros(n), torch.zeros(n)
+        args = ("adam", g, w, s1, s2, None, 0.0, 0.0, 0.9, 0.999, 0.0, 0.0, 1e-8, 0.0, 1, 1e-3, 1.0, False)
+        self.each("optimizer_update_32bit adam", "optimizer_update_32bit", shape, None, args,
+                  nbytes(g) + 2 * nbytes(w, s1, s2), self._adam_seconds, max_repeats=10)
 
     def layers(self) -> None:
         """One token (batch 1) through decoder-shaped layers: the end-to-end figure behind gemv_4bit's row,
@@ -203,10 +250,12 @@ class Bench:
 
     def run(self) -> None:
         for N, K in QUICK_SHAPES if self.quick else SHAPES:
-            if self.ops - {"adam8bit", "layers"}:
+            if self.ops & WEIGHT_OPS:
                 self.weights(N, K)
         if "adam8bit" in self.ops:
             self.adam8bit()
+        if "adam32bit" in self.ops:
+            self.adam32bit()
         if "layers" in self.ops:
             self.layers()
 

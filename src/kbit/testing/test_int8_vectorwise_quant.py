@@ -144,6 +144,37 @@ def test_non_contiguous_through_functional(provider, device, threshold):
 
 
 @pytest.mark.parametrize("threshold", [0.0, THRESHOLD])
+@pytest.mark.parametrize("K", [64, 100], ids=lambda k: f"K{k}")
+def test_non_finite_rows(provider, device, threshold, K):
+    # rows long enough for vector kernels (and a tail): a NaN row, +Inf and -Inf rows, a finite row
+    torch.manual_seed(K)
+    A = torch.randn(4, K).clamp(-2.5, 2.5)  # no outliers but the planted ones
+    A[0, 5] = float("nan")
+    A[1, 7] = float("inf")
+    A[2, K - 1] = -float("inf")
+    CA, stats, cols = provider(OP, A.to(device), threshold)
+    CA, stats = CA.cpu(), stats.cpu()
+    assert stats[0].isnan() and CA[0].eq(0).all(), "a NaN row: NaN absmax, codes 0"
+    q, want_stats, _ = oracle(A[3:], threshold)
+    assert torch.equal(stats[3:], want_stats)
+    if threshold == 0:
+        # Inf absmax: finite / Inf is 0, Inf / Inf is NaN, coded 0
+        assert stats[1:3].tolist() == [float("inf"), float("inf")] and CA[1:3].eq(0).all()
+        assert_int8_codes(CA[3:], q)
+    else:
+        # +-Inf are outliers: left out of the absmax, their columns coded 0 in every row
+        assert torch.equal(cols.cpu(), torch.tensor([7, K - 1]))
+        assert torch.isfinite(stats[1:]).all()
+        assert CA[:, [7, K - 1]].eq(0).all()
+    if not provider.is_reference:
+        ref = provider.reference(OP, A, threshold)
+        assert_same_codes(CA, ref[0].cpu(), "CA")
+        ref_stats = ref[1].cpu()
+        assert torch.equal(stats.isnan(), ref_stats.isnan())
+        assert torch.equal(stats.nan_to_num(0.0), ref_stats.nan_to_num(0.0))
+
+
+@pytest.mark.parametrize("threshold", [0.0, THRESHOLD])
 def test_opcheck(provider, device, threshold):
     if provider.backend != backends.provider(OP, provider.device):
         pytest.skip("opcheck runs once per device, through the dispatched provider")
