@@ -169,7 +169,8 @@ def int8(g: Golden) -> None:
         A[0] = -128
         B[0] = -128
         g.case("int8_linear_matmul", name, A=A, B=B, M=M, N=N, K=K, want_out=REF["int8_linear_matmul"](A, B))
-    for name, rows, N, bias_dt, dt in [("mmd_bias", 3, 17, torch.bfloat16, torch.float16), ("mmd_plain", 40, 1000, None, torch.float32)]:
+    for name, rows, N, bias_dt, dt in [("mmd_bias", 3, 17, torch.bfloat16, torch.float16), ("mmd_plain", 40, 1000, None, torch.float32),
+                                       ("mmd_bias_wide", 4, 1100, torch.float16, torch.bfloat16)]:
         A = torch.randint(-(2**22), 2**22, (rows, N), dtype=torch.int32)
         rs, cs = torch.rand(rows) * 2 + 0.01, torch.rand(N) * 2 + 0.01
         bias = None if bias_dt is None else torch.randn(N).to(bias_dt)

@@ -62,7 +62,7 @@ def test_matches_oracle(provider, device, shape, dtype):
 
 @pytest.mark.parametrize("dtype", OUT_DTYPES, ids=str)
 @pytest.mark.parametrize("bias_dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 3, 33)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 3, 33), (3, 1030)], ids=str)  # 1030: a row of several spans
 def test_bias(provider, device, shape, bias_dtype, dtype):
     A, rs, cs, bias = make_inputs(shape, device, bias_dtype)
     check(provider, A, rs, cs, dtype, bias)
