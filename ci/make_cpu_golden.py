@@ -163,6 +163,13 @@ def int8(g: Golden) -> None:
             mask[cols] = 1
             extra["want_outlier_cols"] = mask
         g.case("int8_vectorwise_quant", name, A=A, dtype=dt, rows=rows, K=K, threshold=thr, want_out=CA, want_row_stats=stats, **extra)
+    for name, rows, K in [("vdq_small", 3, 7), ("vdq_wide", 9, 1030)]:
+        A = torch.randint(-128, 128, (rows, K), dtype=torch.int8)
+        A[0, 0], A[-1, -1] = -128, 127
+        stats = torch.rand(rows) * 10
+        stats[1] = 0.0
+        g.case("int8_vectorwise_dequant", name, A=A, stats=stats, rows=rows, K=K,
+               want_out=REF["int8_vectorwise_dequant"](A, stats))
     for name, M, N, K in [("mm_tail", 3, 5, 1025), ("mm_small_k", 17, 33, 7), ("mm_big", 40, 96, 300)]:
         A = torch.randint(-128, 128, (M, K), dtype=torch.int8)
         B = torch.randint(-128, 128, (N, K), dtype=torch.int8)

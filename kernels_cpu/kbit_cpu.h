@@ -32,7 +32,7 @@ extern "C" {
 #define KBIT_CPU_API __attribute__((visibility("default")))
 #endif
 
-#define KBIT_CPU_ABI_VERSION 2
+#define KBIT_CPU_ABI_VERSION 3
 /* kbit.formats.OPS_VERSION implemented by this library. */
 #define KBIT_CPU_OPS_VERSION 1
 
@@ -138,6 +138,9 @@ KBIT_CPU_API int32_t kbit_cpu_dequantize_blockwise(const uint8_t* A, const float
 KBIT_CPU_API int32_t kbit_cpu_int8_vectorwise_quant(const void* A, int32_t dtype, int64_t rows, int64_t K,
                                                     float threshold, int8_t* out, float* row_stats,
                                                     uint8_t* outlier_cols, int32_t num_threads);
+/* out[r, k] = (A[r, k] * stats[r]) / 127 in float32 (two roundings, as SPEC states it); A: int8 rows x K. */
+KBIT_CPU_API int32_t kbit_cpu_int8_vectorwise_dequant(const int8_t* A, const float* stats, int64_t rows, int64_t K,
+                                                      float* out, int32_t num_threads);
 /* out[M, N] = A[M, K] @ B[N, K].T, int32 (wrapping like int32 accumulation). */
 KBIT_CPU_API int32_t kbit_cpu_int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K,
                                                  int32_t* out, int32_t num_threads);

@@ -203,6 +203,13 @@ void run_case(const Case& c, Checker& k) {
     k.exact("out", out, c.file("want_out"));
     k.exact("row_stats", stats, c.file("want_row_stats"), 4);
     if (c.has("want_outlier_cols")) k.exact("outlier_cols", cols, c.file("want_outlier_cols"));
+  } else if (op == "int8_vectorwise_dequant") {
+    const int64_t rows = c.i("rows"), K = c.i("K");
+    const Bytes A = c.file("A"), stats = c.file("stats");
+    Bytes out(4 * rows * K);
+    k.status(kbit_cpu_int8_vectorwise_dequant(reinterpret_cast<const int8_t*>(A.data()), reinterpret_cast<const float*>(stats.data()),
+                                              rows, K, reinterpret_cast<float*>(out.data()), t));
+    k.exact("out", out, c.file("want_out"), 4);
   } else if (op == "int8_linear_matmul") {
     const Bytes A = c.file("A"), B = c.file("B");
     Bytes out(4 * c.i("M") * c.i("N"));

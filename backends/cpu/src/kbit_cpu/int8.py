@@ -1,5 +1,6 @@
-"""Bindings of the LLM.int8() ops: int8_vectorwise_quant, int8_linear_matmul (+ .out), int8_mm_dequant,
-int8_scaled_mm (the composition of the last two, both native)."""
+"""Bindings of the LLM.int8() ops: int8_vectorwise_quant, int8_vectorwise_dequant, int8_linear_matmul
+(+ .out), int8_mm_dequant, int8_scaled_mm (the composition of the last two, both native) and
+int8_mixed_scaled_mm (int8_scaled_mm plus the float product of the outlier columns in torch)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,22 @@ def int8_vectorwise_quant(A, threshold=0.0):
     _abi.call(op, "kbit_cpu_int8_vectorwise_quant", ptr(A), tag, rows, K, threshold, ptr(out), ptr(stats), ptr(mask), threads())
     cols = None if mask is None else torch.nonzero(mask).view(-1)
     return out, stats, cols
+
+
+def int8_vectorwise_dequant(A, stats):
+    op = "int8_vectorwise_dequant"
+    on_cpu(op, A, stats)
+    if A.dtype != torch.int8:
+        raise Unsupported(f"kbit-cpu {op}: A must be int8, got {A.dtype}")
+    K = A.shape[-1] if A.dim() else 1
+    rows = A.numel() // K if K else 0
+    out = output(A.shape, torch.float32)
+    if rows == 0:
+        return out
+    stats = float32_vector(op, "stats", stats, rows)
+    A = A.contiguous()
+    _abi.call(op, "kbit_cpu_int8_vectorwise_dequant", ptr(A), ptr(stats), rows, K, ptr(out), threads())
+    return out
 
 
 def _matmul_into(A, B, out):
@@ -80,3 +97,23 @@ def int8_mm_dequant(A, row_stats, col_stats, dtype=None, bias=None):
 
 def int8_scaled_mm(A, B, row_stats, col_stats, bias=None, dtype=None):
     return int8_mm_dequant(int8_linear_matmul(A, B), row_stats, col_stats, dtype, bias)
+
+
+def int8_mixed_scaled_mm(A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
+    """LLM.int8() with outliers (SPEC §1): the int8 product by the native int8_scaled_mm, plus
+    ``A[:, cols] @ dequant(CB[:, cols]).T`` in torch, where cols are the few outlier columns (without
+    this the op fell back to the reference's float32 matmul: 50x slower at 4096x4096, batch 1)."""
+    op = "int8_mixed_scaled_mm"
+    on_cpu(op, A, CA, CB, SCA, SCB, outlier_cols, bias)
+    if not A.is_floating_point():
+        raise Unsupported(f"kbit-cpu {op}: A must be floating point, got {A.dtype}")
+    K = CA.shape[-1] if CA.dim() else 1
+    rows = CA.numel() // K if K else 0
+    out = int8_scaled_mm(CA, CB, SCA, SCB, bias, A.dtype)
+    n_out = 0 if outlier_cols is None else outlier_cols.numel()
+    if n_out == 0:
+        return out, A.new_empty((rows, n_out))
+    subA = A.reshape(rows, K)[:, outlier_cols]
+    subB = int8_vectorwise_dequant(CB[:, outlier_cols], SCB).to(A.dtype)
+    out += (subA @ subB.t()).view(out.shape)
+    return out, subA

@@ -15,10 +15,12 @@ KERNELS = {
     "gemv_4bit.out": fourbit.gemv_4bit_out,
     "gemm_4bit": fourbit.gemm_4bit,
     "int8_vectorwise_quant": int8.int8_vectorwise_quant,
+    "int8_vectorwise_dequant": int8.int8_vectorwise_dequant,
     "int8_linear_matmul": int8.int8_linear_matmul,
     "int8_linear_matmul.out": int8.int8_linear_matmul_out,
     "int8_mm_dequant": int8.int8_mm_dequant,
     "int8_scaled_mm": int8.int8_scaled_mm,
+    "int8_mixed_scaled_mm": int8.int8_mixed_scaled_mm,
     "optimizer_update_32bit": optim.optimizer_update_32bit,
     "optimizer_update_8bit_blockwise": optim.optimizer_update_8bit_blockwise,
 }
