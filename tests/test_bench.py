@@ -135,6 +135,24 @@ def test_torch_adam_timed_once(tmp_path):
             assert r["vs_dense"] == pytest.approx(torch_adam["ms"] / r["ms"], rel=1e-9)
 
 
+def test_layers_rows(tmp_path):
+    rc, data = _run(tmp_path, "--ops", "layers")
+    assert rc == 0
+    hidden, ffn, count = bench.QUICK_LAYERS
+    shapes = [(hidden, hidden)] * 4 + [(ffn, hidden)] * 2 + [(hidden, ffn)]  # q k v o, gate up, down: [out, in]
+    (dense,) = _rows(data, "decoder layers bf16", "torch")
+    assert dense["gbps"] == pytest.approx(count * sum(2 * n * k for n, k in shapes) / (dense["ms"] * 1e-3) / 1e9, rel=1e-9)
+    # int8: one byte per weight, one float32 row absmax (SCB) per output row, a one-byte weight_format
+    (int8,) = _rows(data, "decoder layers Linear8bitLt")
+    moved = count * sum(n * k + 4 * n + 1 for n, k in shapes)
+    assert int8["gbps"] == pytest.approx(moved / (int8["ms"] * 1e-3) / 1e9, rel=1e-9)
+    want = "cpu" if "cpu" in data["environment"]["providers"] else "reference"  # the provider of the modules' ops
+    for op in ("decoder layers Linear4bit", "decoder layers Linear8bitLt"):
+        (row,) = _rows(data, op)
+        assert row["provider"] == want
+        assert row["vs_dense"] == pytest.approx(dense["ms"] / row["ms"], rel=1e-9)
+
+
 def test_environment(report):
     env = report["environment"]
     assert env["torch"] == torch.__version__

@@ -12,13 +12,14 @@ row's fraction uses its own figure: on a shared host the memory bandwidth drifts
 than the differences the fractions are read for. Dequantize rows use the ``.out`` overloads, so they
 time the kernel rather than the allocation of a fresh output. The ``layers`` rows run one token
 through decoder-shaped layers (``LAYERS``; ``--quick``: ``QUICK_LAYERS``) made of ``nn.Linear`` in bf16
-and again after ``kbit.nn.quantize_model`` (Linear4bit, NF4, nested absmax): the whole module path,
-with the torch ops between the matmuls, against dense.
+and again after ``kbit.nn.quantize_model`` (Linear4bit, NF4, nested absmax; Linear8bitLt, outlier
+threshold 6.0, eval mode): the whole module path, with the torch ops between the matmuls, against dense.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -234,8 +235,9 @@ class Bench:
 
     def layers(self) -> None:
         """One token (batch 1) through decoder-shaped layers: the end-to-end figure behind gemv_4bit's row,
-        with kbit's module path (Linear4bit, NF4 with nested absmax, as quantize_model makes it) and the
-        torch ops between the matmuls."""
+        with kbit's module paths (Linear4bit, NF4 with nested absmax, and Linear8bitLt with the usual
+        outlier threshold 6.0 in eval mode, as quantize_model makes them) and the torch ops between the
+        matmuls."""
         from .nn import QuantConfig, quantize_model
 
         hidden, ffn, count = QUICK_LAYERS if self.quick else LAYERS
@@ -243,14 +245,19 @@ class Bench:
         torch.manual_seed(0)
         model = torch.nn.Sequential(*(_DecoderLayer(hidden, ffn) for _ in range(count))).to(ACT_DTYPE)
         x = torch.randn(1, hidden, dtype=ACT_DTYPE)
+        configs = [("decoder layers Linear4bit", QuantConfig(bits=4, quant_type=QUANT_TYPE, compute_dtype=ACT_DTYPE), "gemm_4bit"),
+                   ("decoder layers Linear8bitLt", QuantConfig(bits=8, threshold=6.0), "int8_mixed_scaled_mm")]
         with torch.inference_mode():
             dense = median_seconds(lambda: model(x))
-            moved = sum(p.numel() * p.element_size() for p in model.parameters())
-            self.record("decoder layers bf16", shape, 1, "torch", dense, moved, dense)
-            quantize_model(model, QuantConfig(bits=4, quant_type=QUANT_TYPE, compute_dtype=ACT_DTYPE))
-            moved = sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
-            served = next((name for name, kernels in self.providers if "gemm_4bit" in kernels), backends.REFERENCE)  # matmul_4bit's op
-            self.record("decoder layers Linear4bit", shape, 1, served, median_seconds(lambda: model(x)), moved, dense)
+        moved = sum(p.numel() * p.element_size() for p in model.parameters())
+        self.record("decoder layers bf16", shape, 1, "torch", dense, moved, dense)
+        for op, config, served_op in configs:
+            quantized = quantize_model(copy.deepcopy(model), config).eval()
+            moved = sum(t.numel() * t.element_size() for t in quantized.state_dict().values() if isinstance(t, torch.Tensor))
+            served = next((name for name, kernels in self.providers if served_op in kernels), backends.REFERENCE)
+            with torch.inference_mode():
+                self.record(op, shape, 1, served, median_seconds(lambda: quantized(x)), moved, dense)
+            del quantized
 
     def run(self) -> None:
         for N, K in QUICK_SHAPES if self.quick else SHAPES:
