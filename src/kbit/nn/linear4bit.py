@@ -82,10 +82,11 @@ class Linear4bit(torch.nn.Linear):
             self.set_compute_type(x)
             self.compute_type_is_set = True
         input_dtype = x.dtype
-        if self.compute_dtype is not None:
+        if self.compute_dtype is not None and x.dtype != self.compute_dtype:  # .to() of the same dtype still costs ~1 us
             x = x.to(self.compute_dtype)
         bias = bias_for(self.bias, x.dtype)
-        return matmul_4bit(x, self.weight.t(), quant_state=quant_state, bias=bias).to(input_dtype)
+        out = matmul_4bit(x, self.weight.t(), quant_state=quant_state, bias=bias)
+        return out if out.dtype == input_dtype else out.to(input_dtype)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
