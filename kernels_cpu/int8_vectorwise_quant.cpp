@@ -63,8 +63,6 @@ float row_absmax(const float* x, int64_t K, float threshold, uint8_t* mask) {
   return m > kInfBits ? __builtin_nanf("") : bits_f32(m);
 }
 
-// q[k] = clamp(round_half_even((x[k] * 127) / s), -127, 127); 0 where that is NaN (a NaN row, or Inf / Inf).
-// kOutliers: |x| >= threshold codes 0. s == 0 (an all-zero row) is the caller's case.
 #if defined(KBIT_ISA_AVX2)
 // 8 codes as int32 lanes (clamped to +-127, NaN 0), for code_row.
 template <bool kOutliers>
@@ -78,6 +76,8 @@ inline __m256i code8(__m256 v, __m256 s, __m256 threshold) {
 }
 #endif
 
+// q[k] = clamp(round_half_even((x[k] * 127) / s), -127, 127); 0 where that is NaN (a NaN row, or Inf / Inf).
+// kOutliers: |x| >= threshold codes 0. s == 0 (an all-zero row) is the caller's case.
 template <bool kOutliers>
 void code_row(const float* x, int64_t K, float s, float threshold, int8_t* q) {
   int64_t k = 0;
