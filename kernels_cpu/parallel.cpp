@@ -6,8 +6,10 @@
 //     so a call adds at most num_threads - 1 running threads, and only while torch is not computing:
 //     kbit ops are synchronous, the Python thread that would run torch's parallel region is inside us.
 //   - Workers spin only briefly (kSpinMicros) after a job, then sleep on a condition variable, so between
-//     kbit calls they give the cores back to torch's threads. The caller takes parts itself and never
-//     waits for a sleeping worker to start: a late worker finds no part left and acknowledges.
+//     kbit calls they give the cores back to torch's threads. The caller takes parts itself and waits
+//     only for the parts other threads took, never for a worker to start: a worker that wakes up late
+//     (a sleeper, or one whose core a spinning OpenMP worker holds) finds the job gone and stays out,
+//     since parts are taken by a compare-exchange that checks the job's generation.
 //   - A call is cut into kPartsPerThread ranges per thread, taken first come first served: when torch's
 //     OpenMP workers are still spinning after torch's last parallel region (libgomp spins for a while
 //     before sleeping) and one of our threads shares a core with one, the others take its share.
@@ -44,6 +46,7 @@ namespace kbit_cpu {
 namespace {
 
 constexpr int kMaxWorkers = 1023;
+constexpr int64_t kMaxParts = 0xFFFF;
 constexpr int64_t kSpinMicros = 50;
 constexpr uint64_t kNeededBits = 16;
 constexpr uint64_t kNeededMask = (uint64_t{1} << kNeededBits) - 1;
@@ -53,26 +56,32 @@ struct Pool {
   std::mutex sleep_mutex;
   std::condition_variable wake;
   std::atomic<int> sleepers{0};
-  std::atomic<uint64_t> word{0};           // (generation << 16) | workers needed by the current job
-  std::atomic<int> next_part{0};
-  std::atomic<uint64_t> ack[kMaxWorkers];  // last generation each worker finished with
-  int workers = 0;                         // spawned so far (guarded by submit)
-  // The current job, published by the release store of `word`.
+  std::atomic<uint64_t> word{0};  // (generation << 16) | workers needed by the current job
+  // The parts of the current job: (generation's low 32 bits << 32) | (parts << 16) | next part to take.
+  // A part is taken by a compare-exchange that also checks the generation, so a worker that wakes up late
+  // can never take a part of a later job (or read that job's fields before it owns one of its parts).
+  std::atomic<uint64_t> next{0};
+  std::atomic<int> done{0};  // parts of the current job finished
+  int workers = 0;           // spawned so far (guarded by submit)
+  // The current job, published by the release store of `next`; valid while a part of it is unfinished.
   RangeFn fn = nullptr;
   void* ctx = nullptr;
   int64_t n = 0, step = 0;
-  int parts = 0;
 
-  Pool() {
-    for (auto& a : ack) a.store(0, std::memory_order_relaxed);
-  }
+  static uint64_t tag(uint64_t gen) { return (gen & 0xFFFFFFFFu) << 32; }
 
-  void run_parts(int slot) {
-    for (int p = next_part.fetch_add(1, std::memory_order_acq_rel); p < parts;
-         p = next_part.fetch_add(1, std::memory_order_acq_rel)) {
-      const int64_t begin = p * step;
+  void run_parts(uint64_t gen, int slot) {
+    uint64_t v = next.load(std::memory_order_acquire);
+    for (;;) {
+      if ((v & ~uint64_t{0xFFFFFFFFu}) != tag(gen)) return;  // a later job: not ours to join
+      const uint64_t p = v & 0xFFFFu, parts = (v >> 16) & 0xFFFFu;
+      if (p >= parts) return;
+      if (!next.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+      const int64_t begin = static_cast<int64_t>(p) * step;
       const int64_t end = begin + step < n ? begin + step : n;
-      fn(ctx, begin, end, p, slot);
+      fn(ctx, begin, end, static_cast<int>(p), slot);
+      done.fetch_add(1, std::memory_order_acq_rel);
+      v = next.load(std::memory_order_acquire);
     }
   }
 
@@ -81,10 +90,7 @@ struct Pool {
     for (;;) {
       uint64_t w = wait_for_job(seen);
       seen = w >> kNeededBits;
-      if (static_cast<uint64_t>(index) < (w & kNeededMask)) {
-        run_parts(index + 1);
-        ack[index].store(seen, std::memory_order_release);
-      }
+      if (static_cast<uint64_t>(index) < (w & kNeededMask)) run_parts(seen, index + 1);
     }
   }
 
@@ -108,7 +114,6 @@ struct Pool {
     while (workers < want) {
       const int index = workers;
       const uint64_t gen = word.load(std::memory_order_relaxed) >> kNeededBits;
-      ack[index].store(gen, std::memory_order_relaxed);
       std::thread([this, index, gen] { worker(index, gen); }).detach();
       ++workers;
     }
@@ -122,23 +127,22 @@ struct Pool {
     ctx = ctx_;
     n = n_;
     step = step_;
-    parts = parts_;
-    next_part.store(0, std::memory_order_relaxed);
+    done.store(0, std::memory_order_relaxed);
     const uint64_t gen = (word.load(std::memory_order_relaxed) >> kNeededBits) + 1;
+    next.store(tag(gen) | (static_cast<uint64_t>(parts_) << 16), std::memory_order_release);
     word.store((gen << kNeededBits) | static_cast<uint64_t>(needed), std::memory_order_seq_cst);
     if (sleepers.load(std::memory_order_seq_cst) > 0) {
       std::lock_guard<std::mutex> lock(sleep_mutex);
       wake.notify_all();
     }
-    run_parts(0);
-    // Every worker that may touch the job must be done with it before the next job overwrites it.
-    for (int i = 0; i < needed; ++i) {
-      for (int spin = 0; ack[i].load(std::memory_order_acquire) != gen; ++spin) {
-        if (spin < 4096) {
-          KBIT_CPU_RELAX();
-        } else {
-          std::this_thread::yield();
-        }
+    run_parts(gen, 0);
+    // Wait for the parts other threads took, not for workers that took none: one that wakes up late
+    // (its core held by another process or by a spinning OpenMP worker) finds the job gone and stays out.
+    for (int spin = 0; done.load(std::memory_order_acquire) < parts_; ++spin) {
+      if (spin < 4096) {
+        KBIT_CPU_RELAX();
+      } else {
+        std::this_thread::yield();
       }
     }
   }
@@ -170,6 +174,7 @@ static Plan make_plan(int64_t n, int64_t align, int64_t min_per_part, int thread
   if (align < 1) align = 1;
   if (min_per_part < 1) min_per_part = 1;
   int64_t parts = (threads < 1 ? 1 : static_cast<int64_t>(threads)) * (threads > 1 ? kPartsPerThread : 1);
+  if (parts > kMaxParts) parts = kMaxParts;  // the part counter of Pool::next has 16 bits
   const int64_t by_size = (n + min_per_part - 1) / min_per_part;
   if (parts > by_size) parts = by_size;
   const int64_t units = (n + align - 1) / align;
