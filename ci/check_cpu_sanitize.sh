@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds kernels_cpu and its golden-file driver (kernels_cpu/tests/driver.cpp) natively with
-# AddressSanitizer + UndefinedBehaviorSanitizer and runs the driver on every ISA this CPU can run
+# AddressSanitizer + UndefinedBehaviorSanitizer (then ThreadSanitizer) and runs the driver on every ISA this CPU can run
 # (KBIT_CPU_ISA=scalar, avx2, avx512_base, avx512 on x86-64; scalar, neon on arm64): every kernel file,
 # its tails and odd sizes, with 1 and 3 threads. Needs ./.venv (ci/setup.sh) for the golden files.
 set -euo pipefail
@@ -32,4 +32,17 @@ esac
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 for isa in "${ISAS[@]}"; do
   KBIT_CPU_ISA=$isa "$BUILD/kbit_cpu_driver" "$GOLDEN"
+done
+
+# ThreadSanitizer (a separate build: it cannot be combined with ASan): the thread pool's job hand-off
+# (parallel.cpp) under the same cases, which run with 3 threads as well as 1.
+TBUILD=build/cpu_tsan
+TSAN="-fsanitize=thread -fno-omit-frame-pointer"
+cmake -S kernels_cpu -B "$TBUILD" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=Debug -DKBIT_CPU_DRIVER=ON \
+  -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g $TSAN" -DCMAKE_EXE_LINKER_FLAGS="$TSAN" -DCMAKE_SHARED_LINKER_FLAGS="$TSAN" >/dev/null
+cmake --build "$TBUILD" -j "$(nproc)"
+export TSAN_OPTIONS=halt_on_error=1
+for isa in "${ISAS[@]}"; do
+  echo "ThreadSanitizer:"
+  KBIT_CPU_ISA=$isa "$TBUILD/kbit_cpu_driver" "$GOLDEN"
 done
