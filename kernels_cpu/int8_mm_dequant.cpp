@@ -79,7 +79,7 @@ extern "C" int32_t kbit_cpu_int8_mm_dequant(const int32_t* A, const float* row_s
     require(A != nullptr && row_stats != nullptr && col_stats != nullptr && out != nullptr,
             "A, row_stats, col_stats and out must not be NULL");
     std::unique_ptr<float[]> bias_f32(bias != nullptr ? new float[N] : nullptr);
-    for (int64_t j = 0; bias != nullptr && j < N; ++j) bias_f32[j] = KBIT_NS::load_scalar(bias, bias_dtype, j);
+    if (bias != nullptr) KBIT_NS::to_f32(bias, bias_dtype, 0, N, bias_f32.get());
     const Int8MmDequantArgs args{A, row_stats, col_stats, bias_f32.get(), rows, N, out, out_dtype, num_threads};
     KBIT_DISPATCH(int8_mm_dequant(args));
   });

@@ -6,8 +6,9 @@
 // Without a threshold every row is independent: one pass over rows split across threads, each row
 // converted to float32 once, its absmax taken, then coded. With a threshold the outlier columns of all
 // rows must be known before any row is coded: a stats pass (per-thread column masks), then the codes.
-// The absmax loop is portable code the compiler vectorizes for each ISA (no branches: an unsigned max
-// over the bits with the sign cleared, where NaN sorts above infinity); the coding loop too, and on
+// The absmax loops (nearest_code.h's absmax_scalar, and its outlier form here) are portable code the
+// compiler vectorizes for each ISA (no branches: an unsigned max over the bits with the sign cleared,
+// where NaN sorts above infinity); the coding loop too, and on
 // AVX2 it is written out (32 codes per step, saturating packs) because the compiler's int8 narrowing
 // took twice the instructions. The division stays an IEEE division, as the reference divides.
 // Measured (2-core AVX2 VM, bf16, 2 threads, fresh outputs included): 4096x4096 3.7-4.4 ms, was
@@ -19,6 +20,7 @@
 #include "convert.h"
 #include "dispatch.h"
 #include "kbit_cpu.h"
+#include "nearest_code.h"
 #include "parallel.h"
 
 namespace kbit_cpu {
@@ -40,34 +42,24 @@ namespace KBIT_NS {
 namespace {
 
 constexpr int64_t kMinElementsPerThread = 1 << 15;
-constexpr uint32_t kAbs = 0x7FFFFFFFu, kInfBits = 0x7F800000u;
-
-// max |x[k]| over a row (NaN if any is NaN, as torch's amax). kOutliers: |x| >= threshold is left out
-// of the max and marked in mask.
-template <bool kOutliers>
-float row_absmax(const float* x, int64_t K, float threshold, uint8_t* mask) {
+// absmax_scalar of a row with |x| >= threshold left out of the max and marked in mask.
+float row_absmax_outliers(const float* x, int64_t K, float threshold, uint8_t* mask) {
   uint32_t m = 0;
   for (int64_t k = 0; k < K; ++k) {
-    uint32_t b;
-    std::memcpy(&b, x + k, sizeof b);
-    b &= kAbs;
-    if (kOutliers) {
-      float ax;
-      std::memcpy(&ax, &b, sizeof ax);
-      const uint32_t outlier = ax >= threshold ? 1u : 0u;  // NaN is not an outlier
-      mask[k] = static_cast<uint8_t>(mask[k] | outlier);
-      b &= outlier - 1u;
-    }
+    uint32_t b = f32_bits(x[k]) & kAbsBits;
+    const uint32_t outlier = bits_f32(b) >= threshold ? 1u : 0u;  // NaN is not an outlier
+    mask[k] = static_cast<uint8_t>(mask[k] | outlier);
+    b &= outlier - 1u;
     m = b > m ? b : m;
   }
-  return m > kInfBits ? __builtin_nanf("") : bits_f32(m);
+  return abs_bits_value(m);
 }
 
 #if defined(KBIT_ISA_AVX2)
 // 8 codes as int32 lanes (clamped to +-127, NaN 0), for code_row.
 template <bool kOutliers>
 inline __m256i code8(__m256 v, __m256 s, __m256 threshold) {
-  const __m256 limit = _mm256_set1_ps(KBIT_INT8_MAX), abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(kAbs)));
+  const __m256 limit = _mm256_set1_ps(KBIT_INT8_MAX), abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(kAbsBits)));
   if (kOutliers) v = _mm256_andnot_ps(_mm256_cmp_ps(_mm256_and_ps(v, abs_mask), threshold, _CMP_GE_OQ), v);
   __m256 c = _mm256_round_ps(_mm256_div_ps(_mm256_mul_ps(v, limit), s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   c = _mm256_andnot_ps(_mm256_cmp_ps(c, c, _CMP_UNORD_Q), c);
@@ -118,7 +110,7 @@ void quantize_rows(const Int8VectorwiseQuantArgs& a, int64_t r0, int64_t r1, int
   float* x = a.rowbuf + slot * a.K;
   for (int64_t r = r0; r < r1; ++r) {
     to_f32(a.A, a.dtype, r * a.K, a.K, x);
-    const float s = row_absmax<false>(x, a.K, 0.0f, nullptr);
+    const float s = absmax_scalar(x, a.K);
     a.row_stats[r] = s;
     code_row_any<false>(x, a.K, s, 0.0f, a.out + r * a.K);
   }
@@ -130,7 +122,7 @@ void stats_rows(const Int8VectorwiseQuantArgs& a, int64_t r0, int64_t r1, int sl
   uint8_t* mask = a.part_masks + slot * a.K;
   for (int64_t r = r0; r < r1; ++r) {
     to_f32(a.A, a.dtype, r * a.K, a.K, x);
-    a.row_stats[r] = row_absmax<true>(x, a.K, a.threshold, mask);
+    a.row_stats[r] = row_absmax_outliers(x, a.K, a.threshold, mask);
   }
 }
 

@@ -13,14 +13,19 @@ from . import _abi
 from ._tensors import dtype_tag, finish, float32_vector, on_cpu, output, ptr, threads, writable
 
 
+def _rows(t):
+    """(rows, row length) of ``t [..., K]`` taken as rows of its last dimension (a 0-d tensor: one row of one)."""
+    K = t.shape[-1] if t.dim() else 1
+    return (t.numel() // K if K else 0), K
+
+
 def int8_vectorwise_quant(A, threshold=0.0):
     op = "int8_vectorwise_quant"
     on_cpu(op, A)
     if not (threshold == 0.0 or threshold > 0.0):
         raise Unsupported(f"kbit-cpu {op}: threshold must be 0 or positive, got {threshold}")
     tag = dtype_tag(op, A.dtype)
-    K = A.shape[-1] if A.dim() else 1
-    rows = A.numel() // K if K else 0
+    rows, K = _rows(A)
     A = A.contiguous()
     out = output(A.shape, torch.int8)
     stats = output(rows, torch.float32)
@@ -35,8 +40,7 @@ def int8_vectorwise_dequant(A, stats):
     on_cpu(op, A, stats)
     if A.dtype != torch.int8:
         raise Unsupported(f"kbit-cpu {op}: A must be int8, got {A.dtype}")
-    K = A.shape[-1] if A.dim() else 1
-    rows = A.numel() // K if K else 0
+    rows, K = _rows(A)
     out = output(A.shape, torch.float32)
     if rows == 0:
         return out
@@ -77,8 +81,7 @@ def int8_mm_dequant(A, row_stats, col_stats, dtype=None, bias=None):
         raise Unsupported(f"kbit-cpu {op}: A must be int32, got {A.dtype}")
     dtype = dtype or torch.float16
     tag = dtype_tag(op, dtype)
-    N = A.shape[-1] if A.dim() else 1
-    rows = A.numel() // N if N else 0
+    rows, N = _rows(A)
     out = output(A.shape, dtype)
     if rows == 0:
         return out
@@ -107,8 +110,7 @@ def int8_mixed_scaled_mm(A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
     on_cpu(op, A, CA, CB, SCA, SCB, outlier_cols, bias)
     if not A.is_floating_point():
         raise Unsupported(f"kbit-cpu {op}: A must be floating point, got {A.dtype}")
-    K = CA.shape[-1] if CA.dim() else 1
-    rows = CA.numel() // K if K else 0
+    rows, K = _rows(CA)
     out = int8_scaled_mm(CA, CB, SCA, SCB, bias, A.dtype)
     n_out = 0 if outlier_cols is None else outlier_cols.numel()
     if n_out == 0:
