@@ -163,6 +163,20 @@ def int8(g: Golden) -> None:
             mask[cols] = 1
             extra["want_outlier_cols"] = mask
         g.case("int8_vectorwise_quant", name, A=A, dtype=dt, rows=rows, K=K, threshold=thr, want_out=CA, want_row_stats=stats, **extra)
+    for name, rows, K, thr, dt in [("dq_cols_plain", 7, 45, 0.0, torch.float32), ("dq_cols_outliers", 70, 1030, 3.0, torch.bfloat16),
+                                   ("dq_cols_f16", 33, 100, 3.0, torch.float16)]:
+        A = torch.randn(rows, K)
+        A[0, -1], A[rows - 1, 0], A[:, 2], A[3, 5] = 2 * thr + 1, -thr, 0.0, float("nan")
+        A[4, 6] = float("inf")
+        A = A.to(dt)
+        CA, CAt, stats, col_stats, cols = REF["int8_double_quant"](A, thr)
+        extra = {}
+        if thr > 0:
+            mask = torch.zeros(K, dtype=torch.uint8)
+            mask[cols] = 1
+            extra["want_outlier_cols"] = mask
+        g.case("int8_double_quant", name, A=A, dtype=dt, rows=rows, K=K, threshold=thr, want_out=CA, want_row_stats=stats,
+               want_out_col=CAt, want_col_stats=col_stats, **extra)
     for name, rows, K in [("vdq_small", 3, 7), ("vdq_wide", 9, 1030)]:
         A = torch.randint(-128, 128, (rows, K), dtype=torch.int8)
         A[0, 0], A[-1, -1] = -128, 127

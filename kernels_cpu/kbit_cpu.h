@@ -32,7 +32,7 @@ extern "C" {
 #define KBIT_CPU_API __attribute__((visibility("default")))
 #endif
 
-#define KBIT_CPU_ABI_VERSION 3
+#define KBIT_CPU_ABI_VERSION 4
 /* kbit.formats.OPS_VERSION implemented by this library. */
 #define KBIT_CPU_OPS_VERSION 1
 
@@ -138,6 +138,13 @@ KBIT_CPU_API int32_t kbit_cpu_dequantize_blockwise(const uint8_t* A, const float
 KBIT_CPU_API int32_t kbit_cpu_int8_vectorwise_quant(const void* A, int32_t dtype, int64_t rows, int64_t K,
                                                     float threshold, int8_t* out, float* row_stats,
                                                     uint8_t* outlier_cols, int32_t num_threads);
+/* int8_vectorwise_quant's outputs (out_row, row_stats, outlier_cols) plus the column half: col_stats[k] = max over
+ * rows of |A[r, k]| (NaN propagates) with threshold > 0 leaving out |A| >= threshold; out_col[r, k] =
+ * clamp(round_half_even((A[r, k] * 127) / col_stats[k]), -127, 127), 0 for outliers and where the quotient is NaN.
+ * out_row, out_col: int8 rows x K. */
+KBIT_CPU_API int32_t kbit_cpu_int8_double_quant(const void* A, int32_t dtype, int64_t rows, int64_t K, float threshold,
+                                                int8_t* out_row, float* row_stats, uint8_t* outlier_cols, int8_t* out_col,
+                                                float* col_stats, int32_t num_threads);
 /* out[r, k] = (A[r, k] * stats[r]) / 127 in float32 (two roundings, as SPEC states it); A: int8 rows x K. */
 KBIT_CPU_API int32_t kbit_cpu_int8_vectorwise_dequant(const int8_t* A, const float* stats, int64_t rows, int64_t K,
                                                       float* out, int32_t num_threads);

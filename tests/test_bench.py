@@ -81,7 +81,7 @@ def test_ratios(report):
 @pytest.fixture(scope="module")
 def int8_report(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench_int8")
-    rc, data = _run(tmp, "--ops", "int8_vectorwise_quant,int8_vectorwise_dequant,int8_linear_matmul,int8_scaled_mm,"
+    rc, data = _run(tmp, "--ops", "int8_vectorwise_quant,int8_double_quant,int8_vectorwise_dequant,int8_linear_matmul,int8_scaled_mm,"
                               "int8_mm_dequant,adam32bit")
     assert rc == 0
     return data
@@ -93,6 +93,7 @@ def test_int8_and_adam32_rows(int8_report):
     providers = set(int8_report["environment"]["providers"])
     moved = {
         "int8_vectorwise_quant": 2 * n + n + 4 * N,  # bf16 in, int8 codes + one float32 stat per row out
+        "int8_double_quant": 2 * n + 2 * n + 4 * N + 4 * K,  # bf16 in, row and column codes + both stats out
         "int8_vectorwise_dequant": n + 4 * N + 4 * n,  # int8 codes and row stats in, float32 out
         "int8_mm_dequant": 4 * n + 4 * N + 4 * K + 2 * n,  # int32 in, both stats, bf16 out
     }

@@ -24,6 +24,7 @@ FOCUSED = [
     "kbit.testing.test_dequantize_blockwise",
     "kbit.testing.test_int8_linear_matmul",
     "kbit.testing.test_int8_vectorwise_quant",
+    "kbit.testing.test_int8_double_quant",
     "kbit.testing.test_optimizer_update_8bit_blockwise",
 ]
 #: Enough of each module to reach every kernel path: no opchecks, no torch.optim comparisons.

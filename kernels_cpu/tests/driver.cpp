@@ -203,6 +203,18 @@ void run_case(const Case& c, Checker& k) {
     k.exact("out", out, c.file("want_out"));
     k.exact("row_stats", stats, c.file("want_row_stats"), 4);
     if (c.has("want_outlier_cols")) k.exact("outlier_cols", cols, c.file("want_outlier_cols"));
+  } else if (op == "int8_double_quant") {
+    const int64_t rows = c.i("rows"), K = c.i("K");
+    const Bytes A = c.file("A");
+    Bytes out(rows * K), stats(4 * rows), cols(K), out_col(rows * K), col_stats(4 * K);
+    k.status(kbit_cpu_int8_double_quant(A.data(), c.i("dtype"), rows, K, static_cast<float>(c.d("threshold")),
+                                        reinterpret_cast<int8_t*>(out.data()), reinterpret_cast<float*>(stats.data()), cols.data(),
+                                        reinterpret_cast<int8_t*>(out_col.data()), reinterpret_cast<float*>(col_stats.data()), t));
+    k.exact("out", out, c.file("want_out"));
+    k.exact("row_stats", stats, c.file("want_row_stats"), 4);
+    if (c.has("want_outlier_cols")) k.exact("outlier_cols", cols, c.file("want_outlier_cols"));
+    k.exact("out_col", out_col, c.file("want_out_col"));
+    k.exact("col_stats", col_stats, c.file("want_col_stats"), 4);
   } else if (op == "int8_vectorwise_dequant") {
     const int64_t rows = c.i("rows"), K = c.i("K");
     const Bytes A = c.file("A"), stats = c.file("stats");

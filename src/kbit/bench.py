@@ -52,8 +52,8 @@ MIN_REPEATS, MAX_REPEATS = 3, 50
 COPY_SECONDS = 0.1
 
 OPS = ("quantize_4bit", "dequantize_4bit", "gemv_4bit", "gemm_4bit", "quantize_blockwise", "dequantize_blockwise",
-       "int8_vectorwise_quant", "int8_vectorwise_dequant", "int8_linear_matmul", "int8_scaled_mm", "int8_mm_dequant", "adam8bit",
-       "adam32bit", "layers")
+       "int8_vectorwise_quant", "int8_double_quant", "int8_vectorwise_dequant", "int8_linear_matmul", "int8_scaled_mm",
+       "int8_mm_dequant", "adam8bit", "adam32bit", "layers")
 #: Ops timed at every batch against dense bf16 ``x @ W.T``.
 MATMUL_OPS = {"gemv_4bit", "gemm_4bit", "int8_linear_matmul", "int8_scaled_mm"}
 #: Ops timed once per weight shape.
@@ -152,11 +152,15 @@ class Bench:
             self.each("dequantize_4bit", "dequantize_4bit.out", shape, None,
                       (packed, absmax, BLOCKSIZE, QUANT_TYPE, [N, K], ACT_DTYPE, out), moved=nbytes(packed, absmax, out))
         int8_weight = None
-        if self.ops & {"int8_vectorwise_quant", "int8_vectorwise_dequant", "int8_linear_matmul", "int8_scaled_mm"}:
+        if self.ops & {"int8_vectorwise_quant", "int8_double_quant", "int8_vectorwise_dequant", "int8_linear_matmul", "int8_scaled_mm"}:
             int8_weight = torch.ops.kbit.int8_vectorwise_quant(W)[:2]  # CB [N, K] int8, SCB [N]
             if "int8_vectorwise_quant" in self.ops:
                 self.each("int8_vectorwise_quant", "int8_vectorwise_quant", shape, None, (W, 0.0),
                           moved=nbytes(W, *int8_weight), max_repeats=10)
+            if "int8_double_quant" in self.ops:  # row and column codes of one matrix, outlier threshold 6
+                CA, CAt, rs, cs, _ = torch.ops.kbit.int8_double_quant(W, 6.0)
+                self.each("int8_double_quant", "int8_double_quant", shape, None, (W, 6.0),
+                          moved=nbytes(W, CA, CAt, rs, cs), max_repeats=10)
             if "int8_vectorwise_dequant" in self.ops:  # what the int8 training path does to its weight per pass
                 self.each("int8_vectorwise_dequant", "int8_vectorwise_dequant", shape, None, int8_weight,
                           moved=nbytes(*int8_weight) + 4 * N * K, max_repeats=10)

@@ -104,6 +104,41 @@ def test_single_row_with_threshold(provider, device):
     assert CAt.tolist() == [[-127, 0, 127, 127]] and col_stats.tolist() == [1.0, 0.0, 0.5, 2.0]
 
 
+@pytest.mark.parametrize("K", [6, 45])
+@pytest.mark.parametrize("threshold", [0.0, THRESHOLD])
+def test_non_finite_columns(provider, device, threshold, K):
+    # a NaN column, +Inf and -Inf columns, over enough rows and columns for the vector kernels (and a tail)
+    torch.manual_seed(K)
+    A = torch.randn(37, K).clamp(-2.5, 2.5)  # no outliers but the planted ones
+    A[5, 0] = float("nan")
+    A[7, 1] = float("inf")
+    A[9, 2] = -float("inf")
+    CA, CAt, row_stats, col_stats, cols = provider(OP, A.to(device), threshold)
+    CAt, col_stats = CAt.cpu(), col_stats.cpu()
+    assert col_stats[0].isnan() and CAt[:, 0].eq(0).all(), "a NaN column: NaN absmax, codes 0"
+    _, q_col, _, want_cs, _ = oracle(A[:, 3:], threshold)
+    assert torch.equal(col_stats[3:], want_cs)
+    assert_int8_codes(CAt[:, 3:], q_col)
+    if threshold == 0:
+        # Inf absmax: finite / Inf is 0, Inf / Inf is NaN, coded 0
+        assert col_stats[1:3].tolist() == [float("inf"), float("inf")] and CAt[:, 1:3].eq(0).all()
+    else:
+        # +-Inf are outliers: left out of the column absmax and coded 0, the rest of their columns coded
+        assert torch.equal(cols.cpu(), torch.tensor([1, 2]))
+        assert torch.isfinite(col_stats[1:]).all()
+        assert CAt[7, 1] == 0 and CAt[9, 2] == 0
+        _, q12, _, want12, _ = oracle(A[:, 1:3], threshold)
+        assert torch.equal(col_stats[1:3], want12)
+        assert_int8_codes(CAt[:, 1:3], q12)
+    if not provider.is_reference:
+        ref = provider.reference(OP, A, threshold)
+        assert_same_codes(CA, ref[0].cpu(), "CA")
+        assert_same_codes(CAt, ref[1].cpu(), "CAt")
+        for got, want in ((row_stats.cpu(), ref[2].cpu()), (col_stats, ref[3].cpu())):
+            assert torch.equal(got.isnan(), want.isnan())
+            assert torch.equal(got.nan_to_num(0.0), want.nan_to_num(0.0))
+
+
 @pytest.mark.parametrize("threshold", [0.0, THRESHOLD])
 def test_non_contiguous_through_functional(provider, device, threshold):
     A = make_input((21, 8), torch.bfloat16, device, threshold).t()

@@ -12,7 +12,7 @@ import platform
 import sys
 from pathlib import Path
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 #: Status codes (kbit_cpu.h).
 OK = 0
 
@@ -37,6 +37,7 @@ SIGNATURES = {
     "kbit_cpu_int8_linear_matmul": [_p, _p, _i64, _i64, _i64, _p, _i32],
     "kbit_cpu_int8_mm_dequant": [_p, _p, _p, _p, _i32, _i64, _i64, _p, _i32, _i32],
     "kbit_cpu_int8_vectorwise_dequant": [_p, _p, _i64, _i64, _p, _i32],
+    "kbit_cpu_int8_double_quant": [_p, _i32, _i64, _i64, _f32, _p, _p, _p, _p, _p, _i32],
     "kbit_cpu_optimizer_update_32bit": [
         _i32, _i32, _p, _p, _p, _p, _p, _i64,
         _f64, _f64, _f64, _f64, _f64, _f64, _f64, _f64, _i64, _f64, _f64, _i32, _i32,

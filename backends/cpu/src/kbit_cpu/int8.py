@@ -1,6 +1,6 @@
-"""Bindings of the LLM.int8() ops: int8_vectorwise_quant, int8_vectorwise_dequant, int8_linear_matmul
-(+ .out), int8_mm_dequant, int8_scaled_mm (the composition of the last two, both native) and
-int8_mixed_scaled_mm (int8_scaled_mm plus the float product of the outlier columns in torch)."""
+"""Bindings of the LLM.int8() ops: int8_vectorwise_quant, int8_double_quant, int8_vectorwise_dequant,
+int8_linear_matmul (+ .out), int8_mm_dequant, int8_scaled_mm (the composition of the last two, both
+native) and int8_mixed_scaled_mm (int8_scaled_mm plus the float product of the outlier columns in torch)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ def _rows(t):
     return (t.numel() // K if K else 0), K
 
 
-def int8_vectorwise_quant(A, threshold=0.0):
-    op = "int8_vectorwise_quant"
+def _quantize(op, A, threshold, double):
+    """int8_vectorwise_quant's (CA, row_stats, outlier cols), with ``double`` int8_double_quant's five outputs."""
     on_cpu(op, A)
     if not (threshold == 0.0 or threshold > 0.0):
         raise Unsupported(f"kbit-cpu {op}: threshold must be 0 or positive, got {threshold}")
@@ -30,9 +30,22 @@ def int8_vectorwise_quant(A, threshold=0.0):
     out = output(A.shape, torch.int8)
     stats = output(rows, torch.float32)
     mask = torch.zeros(K, dtype=torch.uint8) if threshold > 0.0 else None
-    _abi.call(op, "kbit_cpu_int8_vectorwise_quant", ptr(A), tag, rows, K, threshold, ptr(out), ptr(stats), ptr(mask), threads())
+    if double:
+        out_col, col_stats = output(A.shape, torch.int8), output(K, torch.float32)
+        _abi.call(op, "kbit_cpu_int8_double_quant", ptr(A), tag, rows, K, threshold, ptr(out), ptr(stats), ptr(mask),
+                  ptr(out_col), ptr(col_stats), threads())
+    else:
+        _abi.call(op, "kbit_cpu_int8_vectorwise_quant", ptr(A), tag, rows, K, threshold, ptr(out), ptr(stats), ptr(mask), threads())
     cols = None if mask is None else torch.nonzero(mask).view(-1)
-    return out, stats, cols
+    return (out, out_col, stats, col_stats, cols) if double else (out, stats, cols)
+
+
+def int8_vectorwise_quant(A, threshold=0.0):
+    return _quantize("int8_vectorwise_quant", A, threshold, double=False)
+
+
+def int8_double_quant(A, threshold=0.0):
+    return _quantize("int8_double_quant", A, threshold, double=True)
 
 
 def int8_vectorwise_dequant(A, stats):

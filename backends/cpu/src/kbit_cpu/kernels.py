@@ -15,6 +15,7 @@ KERNELS = {
     "gemv_4bit.out": fourbit.gemv_4bit_out,
     "gemm_4bit": fourbit.gemm_4bit,
     "int8_vectorwise_quant": int8.int8_vectorwise_quant,
+    "int8_double_quant": int8.int8_double_quant,
     "int8_vectorwise_dequant": int8.int8_vectorwise_dequant,
     "int8_linear_matmul": int8.int8_linear_matmul,
     "int8_linear_matmul.out": int8.int8_linear_matmul_out,
