@@ -424,3 +424,23 @@ def test_import_with_no_backend_wheel_serves_reference_and_touches_no_device(tmp
     assert out["resolved"] == {}
     assert set(out["providers"].values()) == {"reference"}, out["providers"]
     assert "reference" in out["report"]
+
+
+DYNAMO_PROBE = """
+import json, sys, torch, kbit
+import kbit.functional as F
+W = torch.randn(64, 64)
+packed, absmax = torch.ops.kbit.quantize_4bit(W, 64, "nf4", torch.uint8)
+torch.ops.kbit.dequantize_4bit(packed, absmax, 64, "nf4", [64, 64], torch.float32)
+F.quantize_blockwise(W)  # served by the reference kernel (CompositeExplicitAutograd) where no backend takes it
+torch.ops.kbit.int8_vectorwise_quant.default.redispatch(torch._C.DispatchKeySet("CompositeExplicitAutograd"), W, 0.0)
+print(json.dumps({"dynamo_imported": "torch._dynamo" in sys.modules}))
+"""
+
+
+def test_calling_ops_does_not_import_dynamo():
+    # torch.library.register_kernel would wrap each kernel in torch._disable_dynamo, which imports
+    # torch._dynamo (1.6 s) on an op's first call; kbit registers with torch.library.impl instead.
+    proc = subprocess.run([sys.executable, "-c", DYNAMO_PROBE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"dynamo_imported": False}

@@ -3,8 +3,13 @@
 A backend is a separately installed wheel that declares an entry point in group
 ``kbit.backends``; the entry point names a callable returning a :class:`Backend`.
 kbit loads the entry points once, on first import, and for every (op, device
-type) registers one dispatcher entry with ``torch.library.register_kernel``. The
-entry tries the providers in order; a kernel that raises :class:`Unsupported`
+type) registers one dispatcher entry with ``torch.library.impl``. (Not with
+``torch.library.register_kernel``, which wraps every kernel in
+``torch._disable_dynamo``: that wrapper imports ``torch._dynamo`` on the first call
+of each op, 1.6-1.7 s on the 2-core CI VM, and costs about a microsecond per call.
+Registration is otherwise the same, one kernel per key and no override warnings;
+``torch.compile`` still treats the ops as opaque: tests/test_integration_compile.py.)
+The entry tries the providers in order; a kernel that raises :class:`Unsupported`
 for a configuration hands the call to the next provider, ending at the pure-torch
 reference (CompositeExplicitAutograd), which serves every device.
 
@@ -208,7 +213,7 @@ def load(entry_points=None) -> None:
             if not chain:
                 continue
             RESOLVED[(op_name, device)] = [p for p, _ in chain] + [REFERENCE]
-            torch.library.register_kernel(_ops.qualname(op_name), device, _make_dispatcher(op_name, device, chain))
+            torch.library.impl(_ops.qualname(op_name), device, _make_dispatcher(op_name, device, chain))
     _loaded = True
 
 

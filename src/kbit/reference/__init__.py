@@ -60,5 +60,6 @@ def register() -> None:
     if missing:
         raise RuntimeError(f"kbit.reference: no reference kernel for {sorted(missing)}")
     for name, fn in KERNELS.items():
-        torch.library.register_kernel(_ops.qualname(name), None, fn)
+        # "default" = CompositeExplicitAutograd; torch.library.impl rather than register_kernel: see kbit.backends.
+        torch.library.impl(_ops.qualname(name), "default", fn)
     _registered = True
