@@ -2,7 +2,9 @@
 
 Every provider runs on the same inputs (NF4, blocksize 64, bf16 activations; LLM shapes 4096x4096,
 11008x4096, 4096x11008 at batch 1, 8 and 32; ``--quick``: 1024x1024). Each row reports the median
-time of repeated calls, the bytes the op must move per call divided by that time (GB/s), the speed-up
+time of repeated calls (after one warm-up call, as many as fit in MIN_SECONDS, at least MIN_REPEATS and
+at most MAX_REPEATS: the same rule for every row and provider, so a fast kernel's median is not taken
+over its first few calls, when a fresh output still grows the heap), the bytes the op must move per call divided by that time (GB/s), the speed-up
 over dense torch bf16 ``x @ W.T`` at the same batch (matmul rows: the 4-bit gemv / gemm and the
 LLM.int8() int8_linear_matmul / int8_scaled_mm on a weight quantized once) or over ``torch.optim.Adam``
 (the 8-bit and 32-bit Adam steps, on the same parameters), and the fraction of the machine's copy
@@ -128,13 +130,13 @@ class Bench:
             dense / seconds if dense else None, gbps / copy if gbps else None, copy,
         ))
 
-    def each(self, op: str, kernel_op: str, shape: str, batch, args, moved=None, dense=None, max_repeats=MAX_REPEATS):
+    def each(self, op: str, kernel_op: str, shape: str, batch, args, moved=None, dense=None):
         for name, kernels in self.providers:
             fn = kernels.get(kernel_op)
             if fn is None:
                 continue
             try:
-                seconds = median_seconds(lambda: fn(*args), max_repeats)
+                seconds = median_seconds(lambda: fn(*args))
             except backends.Unsupported:
                 continue
             self.record(op, shape, batch, name, seconds, moved, dense)
@@ -146,7 +148,7 @@ class Bench:
         code = formats.code_4bit(QUANT_TYPE)
         if "quantize_4bit" in self.ops:
             self.each("quantize_4bit", "quantize_4bit", shape, None, (W, BLOCKSIZE, QUANT_TYPE, torch.uint8),
-                      moved=nbytes(W, packed, absmax), max_repeats=10)
+                      moved=nbytes(W, packed, absmax))
         if "dequantize_4bit" in self.ops:
             out = torch.empty(N, K, dtype=ACT_DTYPE)
             self.each("dequantize_4bit", "dequantize_4bit.out", shape, None,
@@ -156,14 +158,14 @@ class Bench:
             int8_weight = torch.ops.kbit.int8_vectorwise_quant(W)[:2]  # CB [N, K] int8, SCB [N]
             if "int8_vectorwise_quant" in self.ops:
                 self.each("int8_vectorwise_quant", "int8_vectorwise_quant", shape, None, (W, 0.0),
-                          moved=nbytes(W, *int8_weight), max_repeats=10)
+                          moved=nbytes(W, *int8_weight))
             if "int8_double_quant" in self.ops:  # row and column codes of one matrix, outlier threshold 6
                 CA, CAt, rs, cs, _ = torch.ops.kbit.int8_double_quant(W, 6.0)
                 self.each("int8_double_quant", "int8_double_quant", shape, None, (W, 6.0),
-                          moved=nbytes(W, CA, CAt, rs, cs), max_repeats=10)
+                          moved=nbytes(W, CA, CAt, rs, cs))
             if "int8_vectorwise_dequant" in self.ops:  # what the int8 training path does to its weight per pass
                 self.each("int8_vectorwise_dequant", "int8_vectorwise_dequant", shape, None, int8_weight,
-                          moved=nbytes(*int8_weight) + 4 * N * K, max_repeats=10)
+                          moved=nbytes(*int8_weight) + 4 * N * K)
         for M in BATCHES if self.ops & MATMUL_OPS else []:
             x = torch.randn(M, K, dtype=ACT_DTYPE)
             dense = median_seconds(lambda: x @ W.T)
@@ -173,7 +175,7 @@ class Bench:
                 self.each("gemv_4bit", "gemv_4bit", shape, M, (x, packed, [N, K], absmax, code, BLOCKSIZE), moved, dense)
             if "gemm_4bit" in self.ops:
                 self.each("gemm_4bit", "gemm_4bit", shape, M, (x, packed, [N, K], absmax, BLOCKSIZE, QUANT_TYPE),
-                          moved, dense, max_repeats=10)
+                          moved, dense)
             if int8_weight is not None and self.ops & {"int8_linear_matmul", "int8_scaled_mm"}:
                 # LLM.int8() without outliers: the weight quantized once, the activations per call (not timed here)
                 CB, SCB = int8_weight
@@ -189,7 +191,7 @@ class Bench:
             q, qabsmax = torch.ops.kbit.quantize_blockwise(W, dyn, BLOCKWISE_BLOCKSIZE)
             if "quantize_blockwise" in self.ops:
                 self.each("quantize_blockwise", "quantize_blockwise", shape, None, (W, dyn, BLOCKWISE_BLOCKSIZE),
-                          moved=nbytes(W, q, qabsmax), max_repeats=10)
+                          moved=nbytes(W, q, qabsmax))
             if "dequantize_blockwise" in self.ops:
                 out = torch.empty(N, K, dtype=ACT_DTYPE)
                 self.each("dequantize_blockwise", "dequantize_blockwise.out", shape, None,
@@ -228,14 +230,14 @@ class Bench:
         args = ("adam", g, w, s1, s2, 0.9, 0.999, 0.0, 0.0, 1e-8, 1, 1e-3, q1, q2, a1, a2, 0.0, 1.0, False)
         moved = nbytes(g) + 2 * nbytes(w, s1, s2, a1, a2)
         self.each("optimizer_update_8bit_blockwise adam", "optimizer_update_8bit_blockwise", shape, None, args,
-                  moved, adam, max_repeats=10)
+                  moved, adam)
 
     def adam32bit(self) -> None:
         n, shape, g, w = self.adam_params()
         s1, s2 = torch.zeros(n), torch.zeros(n)
         args = ("adam", g, w, s1, s2, None, 0.0, 0.0, 0.9, 0.999, 0.0, 0.0, 1e-8, 0.0, 1, 1e-3, 1.0, False)
         self.each("optimizer_update_32bit adam", "optimizer_update_32bit", shape, None, args,
-                  nbytes(g) + 2 * nbytes(w, s1, s2), self._adam_seconds, max_repeats=10)
+                  nbytes(g) + 2 * nbytes(w, s1, s2), self._adam_seconds)
 
     def layers(self) -> None:
         """One token (batch 1) through decoder-shaped layers: the end-to-end figure behind gemv_4bit's row,
