@@ -130,16 +130,6 @@ void quantize_rows(const Int8VectorwiseQuantArgs& a, int64_t r0, int64_t r1, int
   }
 }
 
-// threshold > 0, first pass: row absmax without outliers, outlier columns into the slot's mask.
-void stats_rows(const Int8VectorwiseQuantArgs& a, int64_t r0, int64_t r1, int slot) {
-  float* x = a.rowbuf + slot * a.K;
-  uint8_t* mask = a.part_masks + slot * a.K;
-  for (int64_t r = r0; r < r1; ++r) {
-    to_f32(a.A, a.dtype, r * a.K, a.K, x);
-    a.row_stats[r] = row_absmax_outliers(x, a.K, a.threshold, mask);
-  }
-}
-
 // Codes of row r (its float32 values in x): outliers 0 and, with more than one row, their whole columns 0.
 void code_row_outliers(const Int8VectorwiseQuantArgs& a, const float* x, int64_t r) {
   int8_t* q = a.out + r * a.K;
@@ -150,37 +140,29 @@ void code_row_outliers(const Int8VectorwiseQuantArgs& a, const float* x, int64_t
   }
 }
 
-// threshold > 0, second pass: the codes.
-void code_rows(const Int8VectorwiseQuantArgs& a, int64_t r0, int64_t r1, int slot) {
+// First pass of a two-pass quantization: row absmax (kOutliers: outliers left out and marked in the
+// slot's mask) and, kColumns (int8_double_quant), the slot's column max of |x| as bits, outliers left out.
+template <bool kOutliers, bool kColumns>
+void stats_rows(const Int8VectorwiseQuantArgs& a, int64_t r0, int64_t r1, int slot) {
   float* x = a.rowbuf + slot * a.K;
-  for (int64_t r = r0; r < r1; ++r) {
-    to_f32(a.A, a.dtype, r * a.K, a.K, x);
-    code_row_outliers(a, x, r);
-  }
-}
-
-// int8_double_quant, first pass: row absmax, the slot's column max of |x| (as bits) and, with
-// kOutliers, the slot's outlier columns; outliers are left out of both maxima.
-template <bool kOutliers>
-void double_stats_rows(const Int8VectorwiseQuantArgs& a, int64_t r0, int64_t r1, int slot) {
-  float* x = a.rowbuf + slot * a.K;
-  uint32_t* m = a.part_max + slot * a.K;
   const float threshold = a.threshold;
   for (int64_t r = r0; r < r1; ++r) {
     to_f32(a.A, a.dtype, r * a.K, a.K, x);
     a.row_stats[r] = kOutliers ? row_absmax_outliers(x, a.K, threshold, a.part_masks + slot * a.K) : absmax_scalar(x, a.K);
-    for (int64_t k = 0, K = a.K; k < K; ++k) {
-      uint32_t b = f32_bits(x[k]) & kAbsBits;
-      if (kOutliers) b &= (bits_f32(b) >= threshold ? 1u : 0u) - 1u;  // NaN is not an outlier
-      m[k] = b > m[k] ? b : m[k];
+    if (kColumns) {
+      uint32_t* m = a.part_max + slot * a.K;
+      for (int64_t k = 0, K = a.K; k < K; ++k) {
+        uint32_t b = f32_bits(x[k]) & kAbsBits;
+        if (kOutliers) b &= (bits_f32(b) >= threshold ? 1u : 0u) - 1u;  // NaN is not an outlier
+        m[k] = b > m[k] ? b : m[k];
+      }
     }
   }
 }
 
-// int8_double_quant, second pass: row codes as int8_vectorwise_quant's, column codes against the
-// column scales (outliers 0 one by one).
-template <bool kOutliers>
-void double_code_rows(const Int8VectorwiseQuantArgs& a, int64_t r0, int64_t r1, int slot) {
+// Second pass: row codes and, kColumns, column codes against the column scales (outliers 0 one by one).
+template <bool kOutliers, bool kColumns>
+void code_rows(const Int8VectorwiseQuantArgs& a, int64_t r0, int64_t r1, int slot) {
   float* x = a.rowbuf + slot * a.K;
   for (int64_t r = r0; r < r1; ++r) {
     to_f32(a.A, a.dtype, r * a.K, a.K, x);
@@ -189,57 +171,46 @@ void double_code_rows(const Int8VectorwiseQuantArgs& a, int64_t r0, int64_t r1, 
     } else {
       code_row_any<false>(x, a.K, a.row_stats[r], 0.0f, a.out + r * a.K);
     }
-    code_span<kOutliers, true>(x, a.K, a.col_stats, a.threshold, a.out_col + r * a.K);
+    if (kColumns) code_span<kOutliers, true>(x, a.K, a.col_stats, a.threshold, a.out_col + r * a.K);
   }
 }
 
-// Clears the per-slot scratch of a two-pass quantization.
-void clear_slots(const Int8VectorwiseQuantArgs& a, int slots) {
-  if (a.part_masks != nullptr) std::memset(a.part_masks, 0, static_cast<size_t>(slots * a.K));
-  if (a.part_max != nullptr) std::memset(a.part_max, 0, static_cast<size_t>(slots * a.K) * sizeof(uint32_t));
-}
-
-// outlier_cols = the union of the slots' masks.
-void merge_outlier_cols(const Int8VectorwiseQuantArgs& a, int slots) {
-  for (int64_t k = 0; k < a.K; ++k) {
+// Stats of all rows (merged over the thread slots: outlier columns, column absmax), then the codes.
+template <bool kOutliers, bool kColumns>
+void two_pass(const Int8VectorwiseQuantArgs& a) {
+  const int64_t min_rows = kMinElementsPerThread / a.K + 1;
+  const int slots = a.threads > 0 ? a.threads : 1;
+  if (kOutliers) std::memset(a.part_masks, 0, static_cast<size_t>(slots * a.K));
+  if (kColumns) std::memset(a.part_max, 0, static_cast<size_t>(slots * a.K) * sizeof(uint32_t));
+  parallel_for(a.rows, 1, min_rows, a.threads,
+               [&](int64_t r0, int64_t r1, int, int slot) { stats_rows<kOutliers, kColumns>(a, r0, r1, slot); });
+  for (int64_t k = 0; kOutliers && k < a.K; ++k) {
     uint8_t any = 0;
     for (int p = 0; p < slots; ++p) any |= a.part_masks[p * a.K + k];
     a.outlier_cols[k] = any;
   }
-}
-
-}  // namespace
-
-void int8_double_quant(const Int8VectorwiseQuantArgs& a) {
-  const int64_t min_rows = kMinElementsPerThread / a.K + 1;
-  const int slots = a.threads > 0 ? a.threads : 1;
-  const bool outliers = a.part_masks != nullptr;
-  clear_slots(a, slots);
-  parallel_for(a.rows, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int slot) {
-    outliers ? double_stats_rows<true>(a, r0, r1, slot) : double_stats_rows<false>(a, r0, r1, slot);
-  });
-  if (outliers) merge_outlier_cols(a, slots);
-  for (int64_t k = 0; k < a.K; ++k) {
+  for (int64_t k = 0; kColumns && k < a.K; ++k) {
     uint32_t m = 0;
     for (int p = 0; p < slots; ++p) m = a.part_max[p * a.K + k] > m ? a.part_max[p * a.K + k] : m;
     a.col_stats[k] = abs_bits_value(m);
   }
-  parallel_for(a.rows, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int slot) {
-    outliers ? double_code_rows<true>(a, r0, r1, slot) : double_code_rows<false>(a, r0, r1, slot);
-  });
+  parallel_for(a.rows, 1, min_rows, a.threads,
+               [&](int64_t r0, int64_t r1, int, int slot) { code_rows<kOutliers, kColumns>(a, r0, r1, slot); });
 }
 
+}  // namespace
+
 void int8_vectorwise_quant(const Int8VectorwiseQuantArgs& a) {
-  const int64_t min_rows = kMinElementsPerThread / a.K + 1;
-  if (a.part_masks == nullptr) {
-    parallel_for(a.rows, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int slot) { quantize_rows(a, r0, r1, slot); });
+  if (a.part_masks != nullptr) {
+    two_pass<true, false>(a);
     return;
   }
-  const int slots = a.threads > 0 ? a.threads : 1;
-  clear_slots(a, slots);
-  parallel_for(a.rows, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int slot) { stats_rows(a, r0, r1, slot); });
-  merge_outlier_cols(a, slots);
-  parallel_for(a.rows, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int slot) { code_rows(a, r0, r1, slot); });
+  const int64_t min_rows = kMinElementsPerThread / a.K + 1;
+  parallel_for(a.rows, 1, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int slot) { quantize_rows(a, r0, r1, slot); });
+}
+
+void int8_double_quant(const Int8VectorwiseQuantArgs& a) {
+  a.part_masks != nullptr ? two_pass<true, true>(a) : two_pass<false, true>(a);
 }
 
 }  // namespace KBIT_NS

@@ -2,14 +2,14 @@
 
 Every provider runs on the same inputs (NF4, blocksize 64, bf16 activations; LLM shapes 4096x4096,
 11008x4096, 4096x11008 at batch 1, 8 and 32; ``--quick``: 1024x1024). Each row reports the median
-time of repeated calls (after one warm-up call, as many as fit in MIN_SECONDS, at least MIN_REPEATS and
-at most MAX_REPEATS: the same rule for every row and provider, so a fast kernel's median is not taken
-over its first few calls, when a fresh output still grows the heap), the bytes the op must move per call divided by that time (GB/s), the speed-up
-over dense torch bf16 ``x @ W.T`` at the same batch (matmul rows: the 4-bit gemv / gemm and the
-LLM.int8() int8_linear_matmul / int8_scaled_mm on a weight quantized once) or over ``torch.optim.Adam``
-(the 8-bit and 32-bit Adam steps, on the same parameters), and the fraction of the machine's copy
-bandwidth that the GB/s figure reaches. The
-copy bandwidth (a large float32 ``Tensor.copy_``) is measured again right after every row and each
+time of repeated calls (after one warm-up call, as many as fit in MIN_SECONDS, at least MIN_REPEATS
+and at most MAX_REPEATS: the same rule for every row and provider, so a fast kernel's median is not
+taken over its first few calls, when a fresh output still grows the heap), the bytes the op must move
+per call divided by that time (GB/s), the speed-up over dense torch bf16 ``x @ W.T`` at the same
+batch (matmul rows: the 4-bit gemv / gemm and the LLM.int8() int8_linear_matmul / int8_scaled_mm on
+a weight quantized once) or over ``torch.optim.Adam`` (the 8-bit and 32-bit Adam steps, on the same
+parameters), and the fraction of the machine's copy bandwidth that the GB/s figure reaches. The copy
+bandwidth (a large float32 ``Tensor.copy_``) is measured again right after every row and each
 row's fraction uses its own figure: on a shared host the memory bandwidth drifts over a run by more
 than the differences the fractions are read for. Dequantize rows use the ``.out`` overloads, so they
 time the kernel rather than the allocation of a fresh output. The ``layers`` rows run one token
@@ -160,9 +160,8 @@ class Bench:
                 self.each("int8_vectorwise_quant", "int8_vectorwise_quant", shape, None, (W, 0.0),
                           moved=nbytes(W, *int8_weight))
             if "int8_double_quant" in self.ops:  # row and column codes of one matrix, outlier threshold 6
-                CA, CAt, rs, cs, _ = torch.ops.kbit.int8_double_quant(W, 6.0)
                 self.each("int8_double_quant", "int8_double_quant", shape, None, (W, 6.0),
-                          moved=nbytes(W, CA, CAt, rs, cs))
+                          moved=nbytes(W) + 2 * N * K + 4 * (N + K))
             if "int8_vectorwise_dequant" in self.ops:  # what the int8 training path does to its weight per pass
                 self.each("int8_vectorwise_dequant", "int8_vectorwise_dequant", shape, None, int8_weight,
                           moved=nbytes(*int8_weight) + 4 * N * K)
