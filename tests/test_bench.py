@@ -66,7 +66,7 @@ def test_ratios(report):
         assert r["ms"] > 0 and math.isfinite(r["ms"])
         assert r["copy_gbps"] > 0
         assert r["vs_copy"] == pytest.approx(r["gbps"] / r["copy_gbps"], rel=1e-9)
-    for batch in (1, 8, 32):
+    for batch in bench.BATCHES:
         (dense,) = _rows(report, "dense bf16 x @ W.T", "torch", batch)
         assert dense["vs_dense"] == pytest.approx(1.0)
         for r in _rows(report, "gemv_4bit", batch=batch):
@@ -103,7 +103,7 @@ def test_int8_and_adam32_rows(int8_report):
         for r in rows:
             assert r["batch"] is None and r["vs_dense"] is None
             assert r["gbps"] == pytest.approx(want / (r["ms"] * 1e-3) / 1e9, rel=1e-9)
-    for M in (1, 8, 32):
+    for M in bench.BATCHES:
         (dense,) = _rows(int8_report, "dense bf16 x @ W.T", "torch", M)
         per_op = {
             "int8_linear_matmul": n + M * K + 4 * M * N,  # int8 weight and activations, int32 out

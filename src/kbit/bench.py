@@ -1,7 +1,7 @@
 """``python -m kbit bench``: time kbit's CPU ops for the reference and every loaded CPU backend.
 
 Every provider runs on the same inputs (NF4, blocksize 64, bf16 activations; LLM shapes 4096x4096,
-11008x4096, 4096x11008 at batch 1, 8 and 32; ``--quick``: 1024x1024). Each row reports the median
+11008x4096, 4096x11008 at batch 1, 8, 32 and 128; ``--quick``: 1024x1024). Each row reports the median
 time of repeated calls (after one warm-up call, as many as fit in MIN_SECONDS, at least MIN_REPEATS
 and at most MAX_REPEATS: the same rule for every row and provider, so a fast kernel's median is not
 taken over its first few calls, when a fresh output still grows the heap), the bytes the op must move
@@ -38,7 +38,8 @@ from .functional.codebooks import create_dynamic_map
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
 QUICK_SHAPES = [(1024, 1024)]
-BATCHES = [1, 8, 32]
+#: Rows of activations: a decoding step, small batches, and a prefill (gemm_4bit's tiled float32 path).
+BATCHES = [1, 8, 32, 128]
 BLOCKSIZE = 64
 BLOCKWISE_BLOCKSIZE = 4096
 QUANT_TYPE = "nf4"

@@ -26,7 +26,7 @@ def nested_absmax(absmax: torch.Tensor):
 
 @pytest.mark.parametrize("quant_type", formats.QUANT_TYPES)
 @pytest.mark.parametrize("dtype", formats.FLOAT_DTYPES)
-@pytest.mark.parametrize("M", [1, 3, 17])
+@pytest.mark.parametrize("M", [1, 3, 17, 40])
 @pytest.mark.parametrize("nested", [False, True])
 def test_against_float64(provider, device, quant_type, dtype, M, nested):
     N, K, blocksize = 48, 320, 64
