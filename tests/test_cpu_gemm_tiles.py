@@ -40,7 +40,7 @@ def want_of(A, packed, absmax, N, K, blocksize, quant_type, bias):
 def test_tiles_against_float64(monkeypatch, tile_bytes, N, K, blocksize, dtype, with_bias, native):
     """Float32 tiles (CPUs without bf16 / f16 matrix instructions) and tiles in A's dtype (with them)."""
     monkeypatch.setattr(fourbit, "GEMM_TILE_BYTES", tile_bytes)
-    monkeypatch.setattr(fourbit, "_tile_dtype", (lambda d: d) if native else (lambda d: torch.float32))
+    monkeypatch.setattr(fourbit, "cpu_matmul_dtype", (lambda d: d) if native else (lambda d: torch.float32))
     torch.manual_seed(N * K + blocksize)
     W = torch.randn(N, K) / K**0.5
     packed, absmax = torch.ops.kbit.quantize_4bit(W, blocksize, "nf4", torch.uint8)
@@ -86,9 +86,3 @@ def test_degenerate_weight_shapes():
     bias = torch.randn(5)
     out = cpu_gemm(A, torch.empty(0, 1, dtype=torch.uint8), [5, 0], torch.empty(0), 64, "nf4", bias)
     torch.testing.assert_close(out, bias.expand(A.shape[0], 5))
-
-
-def test_tile_dtype_is_float32_without_matrix_instructions():
-    if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
-        assert fourbit._tile_dtype(torch.bfloat16) == torch.float32
-    assert fourbit._tile_dtype(torch.float32) == torch.float32

@@ -52,6 +52,29 @@ def test_gradients_match_float_autograd(dtype):
     torch.testing.assert_close(bias.grad, b2.grad, **tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_gradient_against_float64(dtype):
+    """grad_A of bf16 / f16 activations (on the CPU in float32 where that is the faster matmul) stays
+    within the half dtype's rounding of the exact product with the dequantized weight."""
+    _, packed, state, dense = quantized(N=96, K=128, dtype=dtype)
+    x = torch.randn(70, 128, dtype=dtype, requires_grad=True)
+    y = kbit.matmul_4bit(x, packed.t(), state)
+    g = torch.randn_like(y)
+    y.backward(g)
+    want = g.double() @ dense.double()
+    assert x.grad.dtype == dtype
+    torch.testing.assert_close(x.grad.double(), want, atol=0.02, rtol=2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cpu_matmul_dtype(dtype):
+    from kbit.functional.devices import cpu_matmul_dtype
+
+    native = {torch.bfloat16: torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported(),
+              torch.float16: torch.cpu._is_amx_fp16_supported(), torch.float32: True}[dtype]
+    assert cpu_matmul_dtype(dtype) == (dtype if native else torch.float32)
+
+
 def test_out_argument_and_empty_input():
     _, packed, state, dense = quantized()
     x = torch.randn(3, 64)

@@ -9,6 +9,7 @@ import torch
 from .. import formats
 from ..functional.fourbit import dequantize_4bit
 from ..functional.quant_state import QuantState
+from . import _float
 
 
 class MatMul4Bit(torch.autograd.Function):
@@ -34,8 +35,7 @@ class MatMul4Bit(torch.autograd.Function):
         (B,) = ctx.saved_tensors
         grad_A = grad_bias = None
         if ctx.needs_input_grad[0]:
-            W = dequantize_4bit(B, ctx.quant_state).to(grad_output.dtype)
-            grad_A = grad_output @ W
+            grad_A = _float.matmul(grad_output, dequantize_4bit(B, ctx.quant_state).to(grad_output.dtype))
         if ctx.needs_input_grad[3]:
             grad_bias = grad_output.reshape(-1, grad_output.shape[-1]).sum(0).to(ctx.bias_dtype)
         return grad_A, None, None, grad_bias, None

@@ -14,6 +14,7 @@ import warnings
 import torch
 
 from ..functional import int8 as F8
+from . import _float
 
 log = logging.getLogger("kbit")
 
@@ -106,9 +107,9 @@ class MatMul8bitLt(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             grad_bias = g2.sum(0, dtype=torch.float32).to(bias_dtype)
         if ctx.needs_input_grad[0]:
-            grad_A = (g2 @ _dequantized_weight(state, grad_output.dtype)).view(*grad_output.shape[:-1], -1)
+            grad_A = _float.matmul(g2, _dequantized_weight(state, grad_output.dtype)).view(*grad_output.shape[:-1], -1)
         if ctx.needs_input_grad[1]:
-            grad_B = (g2.t() @ A.reshape(-1, A.shape[-1]).to(grad_output.dtype)).to(A.dtype)
+            grad_B = _float.matmul(g2.t(), A.reshape(-1, A.shape[-1]).to(grad_output.dtype)).to(A.dtype)
         return grad_A, grad_B, None, grad_bias, None
 
 
@@ -123,7 +124,7 @@ class MatMul8bitFp(torch.autograd.Function):
         ctx.state = state
         ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.save_for_backward(A if ctx.needs_input_grad[1] else None)
-        result = torch.nn.functional.linear(A, W, bias.to(A.dtype) if bias is not None else None)
+        result = _float.linear(A, W, bias.to(A.dtype) if bias is not None else None)
         return out.copy_(result) if out is not None else result
 
     @staticmethod
@@ -132,9 +133,9 @@ class MatMul8bitFp(torch.autograd.Function):
         g2 = grad_output.reshape(-1, grad_output.shape[-1])
         grad_A = grad_B = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_A = grad_output @ _dequantized_weight(ctx.state, grad_output.dtype)
+            grad_A = _float.matmul(grad_output, _dequantized_weight(ctx.state, grad_output.dtype))
         if ctx.needs_input_grad[1]:
-            grad_B = (g2.t() @ A.reshape(-1, A.shape[-1]).to(grad_output.dtype)).to(A.dtype)
+            grad_B = _float.matmul(g2.t(), A.reshape(-1, A.shape[-1]).to(grad_output.dtype)).to(A.dtype)
         if ctx.needs_input_grad[3]:
             grad_bias = g2.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
         return grad_A, grad_B, None, grad_bias, None

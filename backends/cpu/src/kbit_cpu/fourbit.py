@@ -6,12 +6,12 @@ kernels do not handle raises :class:`kbit.backends.Unsupported`, and the next pr
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 from kbit import formats
 from kbit.backends import Unsupported
+from kbit.functional.devices import cpu_matmul_dtype
 
 from . import _abi
 from ._tensors import dtype_tag, finish, float32_table, float32_vector, on_cpu, output, packed_bytes, ptr, threads, writable
@@ -122,23 +122,11 @@ def _tile_rows(N: int, K: int, blocksize: int, itemsize: int) -> int:
     return min(N, rows)
 
 
-@functools.cache
-def _tile_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype gemm_4bit's large-M path dequantizes to and multiplies in: ``dtype`` itself where the CPU
-    has matrix instructions for it (bf16: AVX512-BF16 or AMX; f16: AMX-FP16), else float32, which
-    torch multiplies several times faster than bf16 / f16 on CPUs without them."""
-    if dtype == torch.bfloat16 and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
-        return dtype
-    if dtype == torch.float16 and torch.cpu._is_amx_fp16_supported():
-        return dtype
-    return torch.float32
-
-
 def _gemm_tiles(op, A, raw, scales, M, N, K, blocksize, qt, bias):
     """``A @ W.T + bias`` for large M (compute-bound): W dequantized a tile of rows at a time into one
     scratch, each tile multiplied by torch straight into its columns of the result.
 
-    In float32 (_tile_dtype) the weights are code * absmax, not rounded to A's dtype (as on the gemv
+    In float32 (kbit's cpu_matmul_dtype) the weights are code * absmax, not rounded to A's dtype (as on the gemv
     route), and the result is rounded to A's dtype once at the end; in A's own dtype the tile is what
     the reference's dequantize + linear multiplies. Measured on the 2-core AVX2 VM (NF4, bf16, float32
     tiles, medians): 4096x4096 M = 65 25-29 ms against 91-108 ms for dequantize-to-bf16 + linear and
@@ -148,7 +136,7 @@ def _gemm_tiles(op, A, raw, scales, M, N, K, blocksize, qt, bias):
     """
     if N == 0 or K == 0:
         return torch.nn.functional.linear(A, A.new_zeros(N, K), bias)
-    dtype = _tile_dtype(A.dtype)
+    dtype = cpu_matmul_dtype(A.dtype)
     A2 = A.reshape(M, K).to(dtype)
     rows = _tile_rows(N, K, blocksize, dtype.itemsize)
     tile = torch.empty(rows * K, dtype=dtype)
