@@ -1,6 +1,7 @@
-"""kbit-cpu gemm_4bit above GEMM_FUSED_MAX_M rows: the weight dequantized to float32 a tile of rows at a
-time, each tile multiplied by torch. The tile size is shrunk here so that a small weight spans many
-tiles, with row counts whose tiles start inside a packed byte or an absmax block unless aligned."""
+"""kbit-cpu gemm_4bit above GEMM_FUSED_MAX_M rows: the weight dequantized a tile of rows at a time (to
+float32, or to A's dtype on CPUs with matrix instructions for it), each tile multiplied by torch. The
+tile size is shrunk here so that a small weight spans many tiles, with shapes whose tiles would start
+inside a packed byte or an absmax block unless aligned."""
 
 from __future__ import annotations
 
@@ -18,10 +19,6 @@ kbit_cpu = pytest.importorskip("kbit_cpu", reason="kbit-cpu is not installed")
 from kbit_cpu import _abi, fourbit  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not _abi.probe()[0], reason="kbit-cpu's library did not load")
-
-
-def cpu_gemm(*args):
-    return fourbit.gemm_4bit(*args)
 
 
 def want_of(A, packed, absmax, N, K, blocksize, quant_type, bias):
@@ -46,7 +43,7 @@ def test_tiles_against_float64(monkeypatch, tile_bytes, N, K, blocksize, dtype, 
     packed, absmax = torch.ops.kbit.quantize_4bit(W, blocksize, "nf4", torch.uint8)
     A = torch.randn(3, fourbit.GEMM_FUSED_MAX_M // 2 + 7, K).to(dtype)  # 3 * 39 rows > GEMM_FUSED_MAX_M
     bias = torch.randn(N).to(dtype) if with_bias else None
-    out = cpu_gemm(A, packed, [N, K], absmax, blocksize, "nf4", bias)
+    out = fourbit.gemm_4bit(A, packed, [N, K], absmax, blocksize, "nf4", bias)
     assert out.shape == (*A.shape[:-1], N) and out.dtype == dtype and out.is_contiguous()
     atol, rtol = MATMUL_4BIT_TOL[dtype]
     torch.testing.assert_close(out.double(), want_of(A, packed, absmax, N, K, blocksize, "nf4", bias), atol=atol * 4, rtol=rtol * 2)
@@ -76,7 +73,7 @@ def test_nested_absmax_and_fp4(monkeypatch):
     restored = dyn[codes.long()] * amax2[torch.arange(codes.numel()) // formats.NESTED_BLOCKSIZE] + offset
     A = torch.randn(fourbit.GEMM_FUSED_MAX_M + 1, K, dtype=torch.bfloat16)
     bias = torch.randn(N, dtype=torch.bfloat16)
-    out = cpu_gemm(A, packed, [N, K], amax2, blocksize, "fp4", bias, codes, dyn, offset)
+    out = fourbit.gemm_4bit(A, packed, [N, K], amax2, blocksize, "fp4", bias, codes, dyn, offset)
     atol, rtol = MATMUL_4BIT_TOL[torch.bfloat16]
     torch.testing.assert_close(out.double(), want_of(A, packed, restored, N, K, blocksize, "fp4", bias), atol=atol * 4, rtol=rtol * 2)
 
@@ -84,5 +81,5 @@ def test_nested_absmax_and_fp4(monkeypatch):
 def test_degenerate_weight_shapes():
     A = torch.randn(fourbit.GEMM_FUSED_MAX_M + 3, 0)
     bias = torch.randn(5)
-    out = cpu_gemm(A, torch.empty(0, 1, dtype=torch.uint8), [5, 0], torch.empty(0), 64, "nf4", bias)
+    out = fourbit.gemm_4bit(A, torch.empty(0, 1, dtype=torch.uint8), [5, 0], torch.empty(0), 64, "nf4", bias)
     torch.testing.assert_close(out, bias.expand(A.shape[0], 5))

@@ -114,8 +114,8 @@ def _denested(op, absmax, nb, absmax_8bit, absmax_code, absmax_offset):
 
 
 def _tile_rows(N: int, K: int, blocksize: int, itemsize: int) -> int:
-    """Rows of W per tile: about GEMM_TILE_BYTES, and a multiple of the smallest row count whose elements
-    start a new absmax block at a whole byte of the packed data (so does every tile but the first)."""
+    """Rows of W per tile: about GEMM_TILE_BYTES, in multiples of the smallest row count whose elements
+    fill whole absmax blocks and whole packed bytes, so that every tile starts a block at a byte."""
     unit = math.lcm(blocksize, 2)
     align = unit // math.gcd(K, unit)
     rows = max(align, GEMM_TILE_BYTES // (itemsize * K) // align * align)
@@ -126,9 +126,9 @@ def _gemm_tiles(op, A, raw, scales, M, N, K, blocksize, qt, bias):
     """``A @ W.T + bias`` for large M (compute-bound): W dequantized a tile of rows at a time into one
     scratch, each tile multiplied by torch straight into its columns of the result.
 
-    In float32 (kbit's cpu_matmul_dtype) the weights are code * absmax, not rounded to A's dtype (as on the gemv
-    route), and the result is rounded to A's dtype once at the end; in A's own dtype the tile is what
-    the reference's dequantize + linear multiplies. Measured on the 2-core AVX2 VM (NF4, bf16, float32
+    The tiles are float32 where kbit's cpu_matmul_dtype says so: the weights are then code * absmax, not
+    rounded to A's dtype (as on the gemv route), and the result is rounded to A's dtype once at the end.
+    In A's own dtype a tile holds what the reference's dequantize + linear multiplies. Measured on the 2-core AVX2 VM (NF4, bf16, float32
     tiles, medians): 4096x4096 M = 65 25-29 ms against 91-108 ms for dequantize-to-bf16 + linear and
     81-88 ms for dense bf16; M = 512 156-167 against 650-677 ms. A tile (GEMM_TILE_BYTES) stays in the
     caches between the dequantize kernel writing it and the matmul reading it, and no temporary holds
