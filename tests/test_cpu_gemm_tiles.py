@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from kbit import formats
-from kbit.functional.codebooks import create_dynamic_map
 from kbit.testing import oracles
+from kbit.testing.test_gemm_4bit import nested_absmax
 from kbit.testing.tolerances import MATMUL_4BIT_TOL
 
 kbit_cpu = pytest.importorskip("kbit_cpu", reason="kbit-cpu is not installed")
@@ -68,9 +68,7 @@ def test_nested_absmax_and_fp4(monkeypatch):
     N, K, blocksize = 40, 256, 64
     W = torch.randn(N, K) / K**0.5
     packed, absmax = torch.ops.kbit.quantize_4bit(W, blocksize, "fp4", torch.uint8)
-    dyn, offset = create_dynamic_map(), absmax.mean()
-    codes, amax2 = torch.ops.kbit.quantize_blockwise(absmax - offset, dyn, formats.NESTED_BLOCKSIZE)
-    restored = dyn[codes.long()] * amax2[torch.arange(codes.numel()) // formats.NESTED_BLOCKSIZE] + offset
+    codes, amax2, dyn, offset, restored = nested_absmax(absmax)
     A = torch.randn(fourbit.GEMM_FUSED_MAX_M + 1, K, dtype=torch.bfloat16)
     bias = torch.randn(N, dtype=torch.bfloat16)
     out = fourbit.gemm_4bit(A, packed, [N, K], amax2, blocksize, "fp4", bias, codes, dyn, offset)

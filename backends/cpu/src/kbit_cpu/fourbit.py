@@ -128,11 +128,11 @@ def _gemm_tiles(op, A, raw, scales, M, N, K, blocksize, qt, bias):
 
     The tiles are float32 where kbit's cpu_matmul_dtype says so: the weights are then code * absmax, not
     rounded to A's dtype (as on the gemv route), and the result is rounded to A's dtype once at the end.
-    In A's own dtype a tile holds what the reference's dequantize + linear multiplies. Measured on the 2-core AVX2 VM (NF4, bf16, float32
-    tiles, medians): 4096x4096 M = 65 25-29 ms against 91-108 ms for dequantize-to-bf16 + linear and
-    81-88 ms for dense bf16; M = 512 156-167 against 650-677 ms. A tile (GEMM_TILE_BYTES) stays in the
-    caches between the dequantize kernel writing it and the matmul reading it, and no temporary holds
-    the whole weight.
+    In A's own dtype a tile holds what the reference's dequantize + linear multiplies. Measured on the
+    2-core AVX2 VM (NF4, bf16, float32 tiles, medians): 4096x4096 M = 65 25-29 ms against 91-108 ms for
+    dequantize-to-bf16 + linear and 81-88 ms for dense bf16; M = 512 156-167 against 650-677 ms. A tile
+    (GEMM_TILE_BYTES) stays in the caches between the dequantize kernel writing it and the matmul
+    reading it, and no temporary holds the whole weight.
     """
     if N == 0 or K == 0:
         return torch.nn.functional.linear(A, A.new_zeros(N, K), bias)
@@ -142,12 +142,12 @@ def _gemm_tiles(op, A, raw, scales, M, N, K, blocksize, qt, bias):
     tile = torch.empty(rows * K, dtype=dtype)
     result = output((M, N), dtype)
     bias = None if bias is None else bias.to(dtype)
-    raw_at, scales_at, tag = raw.data_ptr(), scales.data_ptr(), dtype_tag(op, dtype)
+    raw_at, scales_at, tag, nthreads = raw.data_ptr(), scales.data_ptr(), dtype_tag(op, dtype), threads()
     for n0 in range(0, N, rows):
         n1 = min(N, n0 + rows)
         first, count = n0 * K, (n1 - n0) * K
         _abi.call(op, "kbit_cpu_dequantize_4bit", raw_at + first // 2, scales_at + 4 * (first // blocksize), count,
-                  blocksize, qt, ptr(tile), tag, threads())
+                  blocksize, qt, ptr(tile), tag, nthreads)
         w = tile[:count].view(n1 - n0, K)
         if bias is None:
             torch.mm(A2, w.t(), out=result[:, n0:n1])
