@@ -87,12 +87,12 @@ def _gemv_call(op, A, tag, raw, scales, nested, table, rows, N, K, blocksize, ou
     """The gemv kernel on validated, contiguous arguments: ``rows`` rows of A; ``nested``: (absmax_8bit,
     absmax_code, offset) as _denested returns them, with ``scales`` then the second-level scales."""
     q, q_code, offset = (None, None, 0.0) if nested is None else nested
-    _abi.call(op, "kbit_cpu_gemv_4bit", ptr(A), tag, ptr(raw), ptr(scales), ptr(q), ptr(q_code), offset, ptr(table), rows,
-              N, K, blocksize, ptr(out), threads())
+    _abi.call(op, "kbit_cpu_gemv_4bit", A.data_ptr(), tag, raw.data_ptr(), scales.data_ptr(), ptr(q), ptr(q_code), offset,
+              table.data_ptr(), rows, N, K, blocksize, out.data_ptr(), threads())
 
 
 def gemv_4bit(A, B, shapeB, absmax, code, blocksize):
-    out = output((*A.shape[:-1], shapeB[0]), A.dtype)
+    out = output((*A.shape[:-1], shapeB[0]), A.dtype, like=A)
     _gemv_into(A, B, shapeB, absmax, code, blocksize, out)
     return out
 
@@ -105,12 +105,12 @@ def gemv_4bit_out(A, B, shapeB, absmax, code, blocksize, out):
 
 def _denested(op, absmax, nb, absmax_8bit, absmax_code, absmax_offset):
     """(q uint8, second-level scales, 256-entry code, offset) of nested absmax, validated for the kernel."""
-    q = absmax_8bit.contiguous()
+    q = absmax_8bit if absmax_8bit.is_contiguous() else absmax_8bit.contiguous()
     if q.dtype != torch.uint8 or q.numel() < nb:
         raise Unsupported(f"kbit-cpu {op}: absmax_8bit must be uint8 with {nb} elements")
     scales = float32_vector(op, "absmax", absmax, formats.num_blocks(nb, formats.NESTED_BLOCKSIZE))
     table = float32_vector(op, "absmax_code", absmax_code, 256)
-    return q, scales, table, float(absmax_offset)
+    return q, scales, table, absmax_offset.item()
 
 
 def _tile_rows(N: int, K: int, blocksize: int, itemsize: int) -> int:
@@ -160,7 +160,7 @@ def gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bi
     op = "gemm_4bit"
     on_cpu(op, A, B, absmax, bias, absmax_8bit, absmax_code, absmax_offset)
     N, K = shapeB
-    M = math.prod(A.shape[:-1])
+    M = A.numel() // K if K else math.prod(A.shape[:-1])
     tag, qt = dtype_tag(op, A.dtype), _quant_type_tag(op, quant_type)
     if bias is not None and bias.dtype != A.dtype:
         raise Unsupported(f"kbit-cpu {op}: bias dtype {bias.dtype} differs from A's {A.dtype}")
@@ -177,7 +177,7 @@ def gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bi
         # code[q] * absmax in float32 without first rounding each weight to A's dtype (the tiled kernel
         # below does, as the reference), which stays within the matmul tolerance and is faster: 4096x4096
         # NF4 bf16 on the 2-core AVX2 VM, M = 1: 0.45 against 2.2 ms.
-        out = output((*A.shape[:-1], N), A.dtype)
+        out = output((*A.shape[:-1], N), A.dtype, like=A)
         _gemv_call(op, A.contiguous(), tag, raw, scales, None if q is None else (q, table, offset), _CODES[quant_type], M,
                    N, K, blocksize, out)
         return out if bias is None else out.add_(bias)
@@ -188,7 +188,7 @@ def gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bi
         return _gemm_tiles(op, A, raw, scales, M, N, K, blocksize, qt, bias)
     A = A.contiguous()
     bias = None if bias is None else bias.contiguous()
-    out = output((*A.shape[:-1], N), A.dtype)
+    out = output((*A.shape[:-1], N), A.dtype, like=A)
     _abi.call(
         op, "kbit_cpu_gemm_4bit", ptr(A), tag, M, ptr(raw), N, K, ptr(scales), blocksize, qt, ptr(bias),
         ptr(q), ptr(table), offset, ptr(out), threads(),
