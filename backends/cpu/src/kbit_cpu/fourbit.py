@@ -105,7 +105,7 @@ def gemv_4bit_out(A, B, shapeB, absmax, code, blocksize, out):
 
 def _denested(op, absmax, nb, absmax_8bit, absmax_code, absmax_offset):
     """(q uint8, second-level scales, 256-entry code, offset) of nested absmax, validated for the kernel."""
-    q = absmax_8bit if absmax_8bit.is_contiguous() else absmax_8bit.contiguous()
+    q = absmax_8bit.contiguous()
     if q.dtype != torch.uint8 or q.numel() < nb:
         raise Unsupported(f"kbit-cpu {op}: absmax_8bit must be uint8 with {nb} elements")
     scales = float32_vector(op, "absmax", absmax, formats.num_blocks(nb, formats.NESTED_BLOCKSIZE))
