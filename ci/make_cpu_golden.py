@@ -141,8 +141,11 @@ def blockwise(g: Golden) -> None:
         A = (torch.randn(n) * 2).to(dt) if "unsorted" not in name and "big" not in name else torch.rand(n).to(dt)
         q, absmax = REF["quantize_blockwise"](A, code, bs)
         g.case("quantize_blockwise", name, A=A, dtype=dt, n=n, code=code, blocksize=bs, want_out=q, want_absmax=absmax)
+    # dqb_tables_*: blocks of 256+ elements with 16-bit outputs (per-block tables), ending inside a
+    # 64-element step, and a last block under 256.
     for name, n, bs, dt in [("dqb_tail", 3001, 1000, torch.float32), ("dqb_bf16", 77, 16, torch.bfloat16),
-                            ("dqb_big", 1 << 17, 4096, torch.float16)]:
+                            ("dqb_big", 1 << 17, 4096, torch.float16), ("dqb_tables_bf16", 2700, 1000, torch.bfloat16),
+                            ("dqb_tables_f16", 5003, 300, torch.float16)]:
         q = torch.randint(0, 256, (n,), dtype=torch.uint8)
         absmax = torch.rand(formats.num_blocks(n, bs)) * 10
         code = create_dynamic_map()

@@ -2,7 +2,7 @@
 //
 // Every kernel source (quantize_4bit.cpp, ...) is compiled once per ISA of the target architecture
 // (CMakeLists.txt): x86-64 builds isa_scalar (baseline x86-64), isa_avx2 (AVX2+FMA+F16C) and isa_avx512
-// (AVX-512 F/BW/VL/DQ; BF16/VNNI code paths carry their own target attribute and run only where the CPU
+// (AVX-512 F/BW/VL/DQ; BF16/VNNI/VBMI code paths carry their own target attribute and run only where the CPU
 // has them); arm64 builds isa_scalar and isa_neon. Each compile defines KBIT_NS (its namespace) and
 // KBIT_ISA_<NAME>. Everything a kernel file defines lives in kbit_cpu::KBIT_NS, so the copies compiled
 // with different instruction sets never merge at link time. The extern "C" entry points are compiled only
@@ -30,6 +30,7 @@ const char* isa_name(Isa isa);
 // Optional AVX-512 extensions used by the avx512 kernels when present (false unless active_isa() is avx512).
 bool has_avx512_bf16();
 bool has_avx512_vnni();
+bool has_avx512_vbmi();
 
 }  // namespace kbit_cpu
 
@@ -72,6 +73,7 @@ bool has_avx512_vnni();
 #if defined(KBIT_ISA_AVX512)
 #define KBIT_TARGET_AVX512_BF16 __attribute__((target("avx512bf16")))
 #define KBIT_TARGET_AVX512_VNNI __attribute__((target("avx512vnni")))
+#define KBIT_TARGET_AVX512_VBMI __attribute__((target("avx512vbmi")))
 #endif
 
 #endif  // KBIT_CPU_DISPATCH_H

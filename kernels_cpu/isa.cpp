@@ -19,9 +19,18 @@ struct IsaState {
   Isa active = Isa::scalar;    // what the entry points use
   bool avx512_bf16 = false;
   bool avx512_vnni = false;
+  bool avx512_vbmi = false;
   std::string features;
+  std::string extensions;      // the optional AVX-512 extensions the avx512 kernels use
   std::string error;           // KBIT_CPU_ISA could not be honoured
 };
+
+// Appends `name` to the space-separated list `s` when `on`.
+void append_name(std::string& s, bool on, const char* name) {
+  if (!on) return;
+  if (!s.empty()) s += ' ';
+  s += name;
+}
 
 #if KBIT_ARCH_X86
 uint64_t xgetbv0() {
@@ -44,12 +53,8 @@ void detect_x86(IsaState& s) {
   const bool avx2 = b7 & (1u << 5), bmi2 = b7 & (1u << 8);
   const bool avx512f = b7 & (1u << 16), avx512dq = b7 & (1u << 17), avx512bw = b7 & (1u << 30),
              avx512vl = b7 & (1u << 31);
-  const bool vnni = c7 & (1u << 11), bf16 = a71 & (1u << 5);
-  auto add = [&s](bool on, const char* name) {
-    if (!on) return;
-    if (!s.features.empty()) s.features += ' ';
-    s.features += name;
-  };
+  const bool vbmi = c7 & (1u << 1), vnni = c7 & (1u << 11), bf16 = a71 & (1u << 5);
+  auto add = [&s](bool on, const char* name) { append_name(s.features, on, name); };
   add(ymm_state && avx2, "avx2");
   add(ymm_state && fma, "fma");
   add(ymm_state && f16c, "f16c");
@@ -60,11 +65,13 @@ void detect_x86(IsaState& s) {
   add(zmm_state && avx512vl, "avx512vl");
   add(zmm_state && bf16, "avx512_bf16");
   add(zmm_state && vnni, "avx512_vnni");
+  add(zmm_state && vbmi, "avx512_vbmi");
   if (ymm_state && avx2 && fma && f16c && bmi2) s.best = Isa::avx2;
   if (s.best == Isa::avx2 && zmm_state && avx512f && avx512dq && avx512bw && avx512vl) {
     s.best = Isa::avx512;
     s.avx512_bf16 = bf16;
     s.avx512_vnni = vnni;
+    s.avx512_vbmi = vbmi;
   }
 }
 #endif
@@ -114,9 +121,12 @@ IsaState detect() {
       s.active = forced;
     }
   }
-  // avx512_base: AVX-512 without the BF16 / VNNI kernels (tests their fallbacks on CPUs that have them).
+  // avx512_base: AVX-512 without the BF16 / VNNI / VBMI kernels (tests their fallbacks on CPUs that have them).
   const bool base_only = env != nullptr && std::string(env) == "avx512_base";
-  if (s.active != Isa::avx512 || base_only) s.avx512_bf16 = s.avx512_vnni = false;
+  if (s.active != Isa::avx512 || base_only) s.avx512_bf16 = s.avx512_vnni = s.avx512_vbmi = false;
+  append_name(s.extensions, s.avx512_bf16, "avx512_bf16");
+  append_name(s.extensions, s.avx512_vnni, "avx512_vnni");
+  append_name(s.extensions, s.avx512_vbmi, "avx512_vbmi");
   return s;
 }
 
@@ -127,6 +137,7 @@ const IsaState g_state = detect();  // runs when the library is loaded
 Isa active_isa() { return g_state.active; }
 bool has_avx512_bf16() { return g_state.avx512_bf16; }
 bool has_avx512_vnni() { return g_state.avx512_vnni; }
+bool has_avx512_vbmi() { return g_state.avx512_vbmi; }
 
 const char* isa_name(Isa isa) {
   switch (isa) {
@@ -143,10 +154,5 @@ extern "C" {
 const char* kbit_cpu_isa(void) { return kbit_cpu::isa_name(kbit_cpu::g_state.active); }
 const char* kbit_cpu_features(void) { return kbit_cpu::g_state.features.c_str(); }
 const char* kbit_cpu_isa_error(void) { return kbit_cpu::g_state.error.c_str(); }
-const char* kbit_cpu_extensions(void) {
-  if (kbit_cpu::g_state.avx512_bf16 && kbit_cpu::g_state.avx512_vnni) return "avx512_bf16 avx512_vnni";
-  if (kbit_cpu::g_state.avx512_bf16) return "avx512_bf16";
-  if (kbit_cpu::g_state.avx512_vnni) return "avx512_vnni";
-  return "";
-}
+const char* kbit_cpu_extensions(void) { return kbit_cpu::g_state.extensions.c_str(); }
 }

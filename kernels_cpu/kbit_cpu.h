@@ -95,7 +95,7 @@ KBIT_CPU_API const char* kbit_cpu_build_arch(void);
 KBIT_CPU_API const char* kbit_cpu_isa(void);
 /* Space-separated CPU features the kernels use, as detected ("avx2 fma f16c avx512f ... avx512_bf16"). */
 KBIT_CPU_API const char* kbit_cpu_features(void);
-/* Space-separated optional extensions the active kernels use: "avx512_bf16 avx512_vnni", a subset, or "". */
+/* Space-separated optional extensions the active kernels use: "avx512_bf16 avx512_vnni avx512_vbmi", a subset, or "". */
 KBIT_CPU_API const char* kbit_cpu_extensions(void);
 /* Empty unless KBIT_CPU_ISA named an ISA this CPU or build cannot run (then the library must not be used). */
 KBIT_CPU_API const char* kbit_cpu_isa_error(void);
