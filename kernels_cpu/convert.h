@@ -158,7 +158,7 @@ inline __mmask16 tail_mask16(int64_t count) {
 }
 #endif  // KBIT_ISA_AVX512
 
-#if defined(KBIT_ISA_AVX2)
+#if defined(KBIT_ISA_AVX2) || defined(KBIT_ISA_AVX512)  // avx512: for kernels that keep the AVX2 form
 inline __m256 bf16x8_to_f32(__m128i h) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
@@ -194,7 +194,7 @@ inline void store8(void* base, int32_t dtype, int64_t i, __m256 v) {
     default: _mm256_storeu_ps(static_cast<float*>(base) + i, v); break;
   }
 }
-#endif  // KBIT_ISA_AVX2
+#endif  // KBIT_ISA_AVX2 || KBIT_ISA_AVX512
 
 #if defined(KBIT_ISA_NEON)
 inline float32x4_t bf16x4_to_f32(uint16x4_t h) { return vreinterpretq_f32_u32(vshll_n_u16(h, 16)); }

@@ -188,7 +188,7 @@ inline const Grid256& cached_grid(const float* code, const SortedCode<256>& sc) 
   return g;
 }
 
-#if defined(KBIT_ISA_AVX2)
+#if defined(KBIT_ISA_AVX2) || defined(KBIT_ISA_AVX512)  // avx512: for kernels that keep the AVX2 form
 // table[bytes of w, low first]: vmovss and three vinsertps from memory, the indices taken out of w by
 // movzx of its low two bytes and a shift.
 inline __m128 lookup4_word(const float* table, uint32_t w) {
@@ -228,7 +228,7 @@ inline __m256i grid_positions8(const Grid256& g, __m256 x) {
 }
 #endif
 
-#if defined(KBIT_ISA_AVX2)
+#if defined(KBIT_ISA_AVX2) || defined(KBIT_ISA_AVX512)  // avx512: for kernels that keep the AVX2 form
 // ---- Grid search without gathers (AVX2) -------------------------------------------------------
 // vpgatherdd is slow on the AVX2-only CPUs measured, so the loops over many values split
 // grid_positions8 in two: grid_cells8 stores the cell (entry index) and the compared low bits of 8
