@@ -114,7 +114,7 @@ def fourbit(g: Golden) -> None:
                                               ("gemm_nested_f32", 5, 37, 256, 64, "fp4", torch.float32, True),
                                               ("gemm_odd_k", 4, 9, 50, 32, "nf4", torch.float16, False),
                                               ("gemm_big", 13, 256, 1024, 128, "nf4", torch.bfloat16, True),
-                                              ("gemm_k_chunks", 7, 21, 2560, 256, "fp4", torch.bfloat16, False)]:
+                                              ("gemm_k_chunks", 7, 21, 17920, 256, "fp4", torch.bfloat16, False)]:  # K > 16384: bf16 tiles in chunks
         W = torch.randn(N, K) / K**0.5
         packed, absmax = REF["quantize_4bit"](W, bs, qt, torch.uint8)
         A = torch.randn(M, K).to(dt)
