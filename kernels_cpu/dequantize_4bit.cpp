@@ -233,7 +233,7 @@ extern "C" int32_t kbit_cpu_dequantize_4bit(const uint8_t* packed, const float* 
     require(packed != nullptr && absmax != nullptr && out != nullptr, "packed, absmax and out must not be NULL");
     const Dequantize4bitArgs args{packed, absmax, n, blocksize, quant_type == KBIT_CPU_NF4 ? kNf4 : kFp4,
                                   out, out_dtype, num_threads};
-    KBIT_DISPATCH(dequantize_4bit(args));
+    KBIT_DISPATCH_SPLIT512(dequantize_4bit(args));
   });
 }
 #endif

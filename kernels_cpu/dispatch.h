@@ -31,6 +31,10 @@ const char* isa_name(Isa isa);
 bool has_avx512_bf16();
 bool has_avx512_vnni();
 bool has_avx512_vbmi();
+// Whether the entry points marked KBIT_DISPATCH_SPLIT512 take their avx2 kernel: avx512 was chosen by
+// detection (no KBIT_CPU_ISA) on a CPU that runs 512-bit operations as two 256-bit halves (AMD Zen 4),
+// where those kernels measured faster in their avx2 form (see the entry points).
+bool prefer_avx2_kernels();
 
 }  // namespace kbit_cpu
 
@@ -49,6 +53,15 @@ bool has_avx512_vbmi();
       default: ::kbit_cpu::isa_scalar::call; break;                      \
     }                                                                    \
   } while (0)
+// KBIT_DISPATCH, except that the avx2 kernel runs where prefer_avx2_kernels().
+#define KBIT_DISPATCH_SPLIT512(call)                                     \
+  do {                                                                   \
+    if (::kbit_cpu::prefer_avx2_kernels()) {                             \
+      ::kbit_cpu::isa_avx2::call;                                        \
+    } else {                                                             \
+      KBIT_DISPATCH(call);                                               \
+    }                                                                    \
+  } while (0)
 #elif KBIT_ARCH_ARM64
 #define KBIT_DECLARE_ISAS(decl)                \
   namespace kbit_cpu {                         \
@@ -62,12 +75,14 @@ bool has_avx512_vbmi();
       default: ::kbit_cpu::isa_scalar::call; break;                  \
     }                                                                \
   } while (0)
+#define KBIT_DISPATCH_SPLIT512(call) KBIT_DISPATCH(call)
 #else
 #define KBIT_DECLARE_ISAS(decl) \
   namespace kbit_cpu {          \
   namespace isa_scalar { decl; } \
   }
 #define KBIT_DISPATCH(call) ::kbit_cpu::isa_scalar::call
+#define KBIT_DISPATCH_SPLIT512(call) KBIT_DISPATCH(call)
 #endif
 
 #if defined(KBIT_ISA_AVX512)

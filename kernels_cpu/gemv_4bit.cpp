@@ -528,7 +528,7 @@ extern "C" int32_t kbit_cpu_gemv_4bit(const void* A, int32_t dtype, const uint8_
     std::unique_ptr<float[]> act_storage(new float[M * isa_scalar::act_stride(K) + 16]);
     float* act = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(act_storage.get()) + 63) & ~uintptr_t{63});
     const Gemv4bitArgs args{A, dtype, B, absmax, absmax_8bit, absmax_code, absmax_offset, code, M, N, K, blocksize, out, act, num_threads};
-    KBIT_DISPATCH(gemv_4bit(args));
+    KBIT_DISPATCH_SPLIT512(gemv_4bit(args));
   });
 }
 #endif

@@ -60,7 +60,7 @@ extern "C" int32_t kbit_cpu_int8_vectorwise_dequant(const int8_t* A, const float
     if (rows == 0 || K == 0) return;
     require(A != nullptr && stats != nullptr && out != nullptr, "A, stats and out must not be NULL");
     const Int8VectorwiseDequantArgs args{A, stats, rows, K, out, num_threads};
-    KBIT_DISPATCH(int8_vectorwise_dequant(args));
+    KBIT_DISPATCH_SPLIT512(int8_vectorwise_dequant(args));
   });
 }
 #endif

@@ -255,9 +255,9 @@ int32_t quantize_int8(const char* name, const void* A, int32_t dtype, int64_t ro
     const Int8VectorwiseQuantArgs args{A, dtype, rows, K, threshold, out, row_stats, threshold > 0.0f ? outlier_cols : nullptr,
                                        masks.get(), rowbuf.get(), threads, out_col, col_stats, part_max.get()};
     if (double_quant) {
-      KBIT_DISPATCH(int8_double_quant(args));
+      KBIT_DISPATCH_SPLIT512(int8_double_quant(args));
     } else {
-      KBIT_DISPATCH(int8_vectorwise_quant(args));
+      KBIT_DISPATCH_SPLIT512(int8_vectorwise_quant(args));
     }
   });
 }

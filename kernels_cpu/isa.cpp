@@ -20,6 +20,8 @@ struct IsaState {
   bool avx512_bf16 = false;
   bool avx512_vnni = false;
   bool avx512_vbmi = false;
+  bool split512 = false;       // 512-bit operations run as two 256-bit halves (AMD Zen 4)
+  bool prefer_avx2 = false;    // avx512 chosen by detection on such a CPU (see prefer_avx2_kernels)
   std::string features;
   std::string extensions;      // the optional AVX-512 extensions the avx512 kernels use
   std::string error;           // KBIT_CPU_ISA could not be honoured
@@ -66,6 +68,13 @@ void detect_x86(IsaState& s) {
   add(zmm_state && bf16, "avx512_bf16");
   add(zmm_state && vnni, "avx512_vnni");
   add(zmm_state && vbmi, "avx512_vbmi");
+  // AMD family 19h CPUs with AVX-512 are Zen 4, whose vector units are 256 bits wide.
+  unsigned a0 = 0, vendor_b = 0, vendor_c = 0, vendor_d = 0;
+  __get_cpuid(0, &a0, &vendor_b, &vendor_c, &vendor_d);
+  const bool amd = vendor_b == 0x68747541u && vendor_d == 0x69746E65u && vendor_c == 0x444D4163u;  // "AuthenticAMD"
+  const unsigned family = ((a >> 8) & 0xF) == 0xF ? ((a >> 8) & 0xF) + ((a >> 20) & 0xFF) : ((a >> 8) & 0xF);
+  s.split512 = amd && family == 0x19 && zmm_state && avx512f;
+  add(s.split512, "split512");
   if (ymm_state && avx2 && fma && f16c && bmi2) s.best = Isa::avx2;
   if (s.best == Isa::avx2 && zmm_state && avx512f && avx512dq && avx512bw && avx512vl) {
     s.best = Isa::avx512;
@@ -123,6 +132,8 @@ IsaState detect() {
   }
   // avx512_base: AVX-512 without the BF16 / VNNI / VBMI kernels (tests their fallbacks on CPUs that have them).
   const bool base_only = env != nullptr && std::string(env) == "avx512_base";
+  // Chosen by detection (not by KBIT_CPU_ISA, which runs the named ISA's kernels everywhere).
+  s.prefer_avx2 = s.active == Isa::avx512 && s.split512 && (env == nullptr || *env == '\0');
   if (s.active != Isa::avx512 || base_only) s.avx512_bf16 = s.avx512_vnni = s.avx512_vbmi = false;
   append_name(s.extensions, s.avx512_bf16, "avx512_bf16");
   append_name(s.extensions, s.avx512_vnni, "avx512_vnni");
@@ -138,6 +149,7 @@ Isa active_isa() { return g_state.active; }
 bool has_avx512_bf16() { return g_state.avx512_bf16; }
 bool has_avx512_vnni() { return g_state.avx512_vnni; }
 bool has_avx512_vbmi() { return g_state.avx512_vbmi; }
+bool prefer_avx2_kernels() { return g_state.prefer_avx2; }
 
 const char* isa_name(Isa isa) {
   switch (isa) {

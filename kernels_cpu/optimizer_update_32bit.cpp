@@ -147,7 +147,7 @@ extern "C" int32_t kbit_cpu_optimizer_update_32bit(int32_t optimizer, int32_t dt
     std::unique_ptr<double[]> sums(new double[threads * kPartsPerThread]);
     const OptimizerUpdate32bitArgs args{dtype, g, p, state1, state2, unorm_vec, n, max_unorm, param_norm,
                                         skip_zeros != 0, sums.get(), threads};
-    KBIT_DISPATCH(optimizer_update_32bit(args, c));
+    KBIT_DISPATCH_SPLIT512(optimizer_update_32bit(args, c));
   });
 }
 #endif

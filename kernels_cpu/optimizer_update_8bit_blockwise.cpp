@@ -520,7 +520,7 @@ extern "C" int32_t kbit_cpu_optimizer_update_8bit_blockwise(
     const int64_t nb = (n + KBIT_OPTIMIZER_BLOCKSIZE - 1) / KBIT_OPTIMIZER_BLOCKSIZE;
     const OptimizerUpdate8bitArgs args{dtype, g, p, state1, state2, n, nb, qmap1, qmap2, absmax1, absmax2,
                                        skip_zeros != 0, num_threads};
-    KBIT_DISPATCH(optimizer_update_8bit_blockwise(args, c));
+    KBIT_DISPATCH_SPLIT512(optimizer_update_8bit_blockwise(args, c));
   });
 }
 #endif

@@ -770,7 +770,7 @@ extern "C" int32_t kbit_cpu_quantize_4bit(const void* A, int32_t dtype, int64_t 
     if (n == 0) return;
     require(A != nullptr && packed != nullptr && absmax != nullptr, "A, packed and absmax must not be NULL");
     const Quantize4bitArgs args{A, dtype, n, blocksize, quant_type, packed, absmax, num_threads};
-    KBIT_DISPATCH(quantize_4bit(args));
+    KBIT_DISPATCH_SPLIT512(quantize_4bit(args));
   });
 }
 #endif

@@ -225,7 +225,7 @@ extern "C" int32_t kbit_cpu_quantize_blockwise(const void* A, int32_t dtype, int
     require(A != nullptr && code != nullptr && out != nullptr && absmax != nullptr,
             "A, code, out and absmax must not be NULL");
     const QuantizeBlockwiseArgs args{A, dtype, n, code, blocksize, out, absmax, num_threads};
-    KBIT_DISPATCH(quantize_blockwise(args));
+    KBIT_DISPATCH_SPLIT512(quantize_blockwise(args));
   });
 }
 #endif
