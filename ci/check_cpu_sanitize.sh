@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds kernels_cpu and its golden-file driver (kernels_cpu/tests/driver.cpp) natively with
 # AddressSanitizer + UndefinedBehaviorSanitizer (then ThreadSanitizer) and runs the driver on every ISA this CPU can run
-# (KBIT_CPU_ISA=scalar, avx2, avx512_base, avx512 on x86-64; scalar, neon on arm64): every kernel file,
+# (KBIT_CPU_ISA=scalar, avx2, avx512_base, avx512 on x86-64; scalar, neon on arm64), and once as detected: every kernel file,
 # its tails and odd sizes, with 1 and 3 threads. Needs ./.venv (ci/setup.sh) for the golden files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +33,10 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktra
 for isa in "${ISAS[@]}"; do
   KBIT_CPU_ISA=$isa "$BUILD/kbit_cpu_driver" "$GOLDEN"
 done
+# As detected: on CPUs with split 512-bit operations (AMD Zen 4) several entry points take their avx2
+# kernel next to the avx512 ones (dispatch.h, KBIT_DISPATCH_SPLIT512).
+echo "as detected (no KBIT_CPU_ISA):"
+env -u KBIT_CPU_ISA "$BUILD/kbit_cpu_driver" "$GOLDEN"
 
 # ThreadSanitizer (a separate build: it cannot be combined with ASan): the thread pool's job hand-off
 # (parallel.cpp) under the same cases, which run with 3 threads as well as 1.

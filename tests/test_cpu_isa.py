@@ -1,6 +1,8 @@
 """kbit-cpu's lower ISA paths: the conformance tests of the ops with ISA-specific kernels, rerun in a fresh
 interpreter with ``KBIT_CPU_ISA`` forcing each lower ISA this CPU can run (the main suite already runs
-the best one), plus the loader's handling of the override and a cheap ``import kbit_cpu``.
+the best one), plus the loader's handling of the override and a cheap ``import kbit_cpu``. On CPUs
+that run 512-bit operations as two halves (feature ``split512``: AMD Zen 4) the main suite runs several
+ops' avx2 kernels, so ``KBIT_CPU_ISA=avx512`` (every avx512 kernel, extensions included) is rerun too.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ FOCUSED = [
 ]
 #: Enough of each module to reach every kernel path: no opchecks, no torch.optim comparisons.
 SELECT = "cpu-cpu and not opcheck and not matches_torch_optim"
-#: Lower ISAs and the CPU features each needs.
-LOWER_ISAS = {"scalar": (), "avx2": ("avx2", "fma", "f16c"), "avx512_base": ("avx512f", "avx512bw", "avx512vl", "avx512dq")}
+#: Lower ISAs and the CPU features each needs; forced avx512 where the default run takes avx2 kernels.
+AVX512 = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
+LOWER_ISAS = {"scalar": (), "avx2": ("avx2", "fma", "f16c"), "avx512_base": AVX512, "avx512": (*AVX512, "split512")}
 
 PROBE = """
 import json, kbit, kbit_cpu
@@ -75,8 +78,32 @@ def test_forced_isa_is_reported(native, isa):
     out = _probe(KBIT_CPU_ISA=isa)
     assert out["loaded"], out["reason"]
     assert out["info"]["isa"] == ("avx512" if isa == "avx512_base" else isa)
-    assert out["info"]["extensions"] == [], "lower ISAs run no BF16 / VNNI kernels"
+    if isa == "avx512":
+        assert out["info"]["extensions"] == native["extensions"]
+    else:
+        assert out["info"]["extensions"] == [], "lower ISAs run no BF16 / VNNI / VBMI kernels"
     assert out["provider"] == "cpu"
+
+
+def _cpuinfo() -> dict:
+    fields = {}
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if not line.strip():
+                break  # the first CPU's block
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="needs Linux's /proc/cpuinfo")
+def test_split512_is_amd_family_19h_with_avx512(native):
+    if native["build_arch"] != "x86_64":
+        pytest.skip("x86-64 only")
+    info = _cpuinfo()
+    expected = (info.get("vendor_id") == "AuthenticAMD" and info.get("cpu family") == "25"
+                and "avx512f" in info.get("flags", "").split())
+    assert ("split512" in native["features"]) == expected, (info.get("vendor_id"), info.get("cpu family"))
 
 
 def test_unknown_isa_makes_backend_unavailable(native):
