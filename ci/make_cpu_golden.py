@@ -187,7 +187,8 @@ def int8(g: Golden) -> None:
         stats[1] = 0.0
         g.case("int8_vectorwise_dequant", name, A=A, stats=stats, rows=rows, K=K,
                want_out=REF["int8_vectorwise_dequant"](A, stats))
-    for name, M, N, K in [("mm_tail", 3, 5, 1025), ("mm_small_k", 17, 33, 7), ("mm_big", 40, 96, 300)]:
+    for name, M, N, K in [("mm_tail", 3, 5, 1025), ("mm_small_k", 17, 33, 7), ("mm_big", 40, 96, 300),
+                          ("mm_k_chunks", 7, 19, 8300)]:  # K > 4096: the VNNI kernel's column chunks
         A = torch.randint(-128, 128, (M, K), dtype=torch.int8)
         B = torch.randint(-128, 128, (N, K), dtype=torch.int8)
         A[0] = -128
