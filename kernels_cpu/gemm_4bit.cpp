@@ -170,6 +170,22 @@ void micro_f32(const Gemm4bitArgs& a, const float* tile, int64_t m0, int64_t r0)
       store_scalar(a.out, a.dtype, (m0 + m) * a.N + r0 + r, _mm512_reduce_add_ps(acc[m][r]) + bias_of(a, r0 + r));
 }
 
+// The spans of columns [k0, k1) of weight row r that lie in one absmax block each, in order, as
+// positions in the packed data: next(b, begin, end) gives block b's span [begin, end).
+struct BlockSpans {
+  int64_t pos, stop, blocksize, block;
+  BlockSpans(const Gemm4bitArgs& a, int64_t r, int64_t k0, int64_t k1)
+      : pos(r * a.K + k0), stop(r * a.K + k1), blocksize(a.blocksize), block(pos / a.blocksize) {}
+  bool next(int64_t& b, int64_t& begin, int64_t& end) {
+    if (pos >= stop) return false;
+    b = block++;
+    begin = pos;
+    end = block * blocksize < stop ? block * blocksize : stop;
+    pos = end;
+    return true;
+  }
+};
+
 // The 16 weights of one block as bf16 words: code[j] * absmax rounded to nearest even. vcvtneps2bf16
 // rounds the same way but reads denormal inputs as zero, so blocks whose products can be denormal
 // (|absmax| under 2^-100: every nonzero NF4 / FP4 code is above 2^-8) take the bit-level rounding.
@@ -186,18 +202,17 @@ KBIT_TARGET_AVX512_BF16 void dequantize_tile_bf16(const Gemm4bitArgs& a, int64_t
                                                   uint16_t* tile) {
   const __m512 code = _mm512_loadu_ps(a.code);
   for (int64_t t = 0; t < rows; ++t) {
-    const int64_t row = (r0 + t) * a.K;
-    uint16_t* w = tile + t * bf16_stride(a.K) - k0;
-    for (int64_t pos = row + k0, b = (row + k0) / a.blocksize; pos < row + k1; ++b) {  // b: block of pos
-      const int64_t seg_end = (b + 1) * a.blocksize < row + k1 ? (b + 1) * a.blocksize : row + k1;
+    uint16_t* w = tile + t * bf16_stride(a.K);
+    const int64_t first = (r0 + t) * a.K + k0;  // w[i - first]: weight i of the packed data
+    BlockSpans spans(a, r0 + t, k0, k1);
+    for (int64_t b, begin, end; spans.next(b, begin, end);) {
       const __m512i lut = _mm512_cvtepu16_epi32(bf16_lut(code, a.absmax[b]));
-      for (int64_t i = pos; i < seg_end; i += kChunk) {
+      for (int64_t i = begin; i < end; i += kChunk) {
         const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.B + (i >> 1))));
         const __m512i even = _mm512_permutexvar_epi32(_mm512_srli_epi32(v, 4), lut);
         const __m512i odd = _mm512_slli_epi32(_mm512_permutexvar_epi32(v, lut), 16);
-        _mm512_store_si512(w + (i - row), _mm512_or_si512(even, odd));
+        _mm512_store_si512(w + (i - first), _mm512_or_si512(even, odd));
       }
-      pos = seg_end;
     }
   }
 }
@@ -212,16 +227,15 @@ KBIT_TARGET_AVX512_BF16 KBIT_TARGET_AVX512_VBMI void dequantize_tile_bf16_vbmi(c
   const __m512 code = _mm512_loadu_ps(a.code);
   const __m512i nibbles = _mm512_set1_epi64(0x0008000C00000004);
   for (int64_t t = 0; t < rows; ++t) {
-    const int64_t row = (r0 + t) * a.K;
-    uint16_t* w = tile + t * bf16_stride(a.K) - k0;
-    for (int64_t pos = row + k0, b = (row + k0) / a.blocksize; pos < row + k1; ++b) {  // b: block of pos
-      const int64_t seg_end = (b + 1) * a.blocksize < row + k1 ? (b + 1) * a.blocksize : row + k1;
+    uint16_t* w = tile + t * bf16_stride(a.K);
+    const int64_t first = (r0 + t) * a.K + k0;  // w[i - first]: weight i of the packed data
+    BlockSpans spans(a, r0 + t, k0, k1);
+    for (int64_t b, begin, end; spans.next(b, begin, end);) {
       const __m512i lut = _mm512_broadcast_i64x4(bf16_lut(code, a.absmax[b]));
-      for (int64_t i = pos; i < seg_end; i += kChunk) {
+      for (int64_t i = begin; i < end; i += kChunk) {
         const __m512i v = _mm512_cvtepu16_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.B + (i >> 1))));
-        _mm512_store_si512(w + (i - row), _mm512_permutexvar_epi16(_mm512_multishift_epi64_epi8(nibbles, v), lut));
+        _mm512_store_si512(w + (i - first), _mm512_permutexvar_epi16(_mm512_multishift_epi64_epi8(nibbles, v), lut));
       }
-      pos = seg_end;
     }
   }
 }
