@@ -156,6 +156,37 @@ inline void store16_masked(void* base, int32_t dtype, int64_t i, __m512 v, __mma
 inline __mmask16 tail_mask16(int64_t count) {
   return count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1u);
 }
+// Sums of the 16 lanes of each of v0..v7, in order, as the 8 lanes of the result: lane halves folded
+// pairwise, then within 128-bit lanes; about 3 instructions per sum where a horizontal reduction per
+// vector takes 8. The shuffles move bits only; `add` is the lane-wise sum (float or wrapping int32).
+// (Vectors by value: an array reference would keep the callers' accumulators in memory.)
+template <class Add>
+inline __m256i reduce_add_8x16(Add add, __m512i v0, __m512i v1, __m512i v2, __m512i v3, __m512i v4, __m512i v5,
+                               __m512i v6, __m512i v7) {
+  // fold: lanes [a L0+L2, a L1+L3, b L0+L2, b L1+L3]
+  auto fold = [&add](__m512i a, __m512i b) { return add(_mm512_shuffle_i32x4(a, b, 0x44), _mm512_shuffle_i32x4(a, b, 0xEE)); };
+  const __m512i h0 = fold(v0, v1), h1 = fold(v2, v3), h2 = fold(v4, v5), h3 = fold(v6, v7);
+  // q0: 128-bit lane L holds 4 partial sums of v[L]; q1 of v[4 + L]
+  const __m512i q0 = add(_mm512_shuffle_i32x4(h0, h1, 0x88), _mm512_shuffle_i32x4(h0, h1, 0xDD));
+  const __m512i q1 = add(_mm512_shuffle_i32x4(h2, h3, 0x88), _mm512_shuffle_i32x4(h2, h3, 0xDD));
+  const __m512i t = add(_mm512_unpacklo_epi32(q0, q1), _mm512_unpackhi_epi32(q0, q1));
+  const __m512i r = add(t, _mm512_shuffle_epi32(t, _MM_PERM_BADC));  // lane L: v[L], v[4+L], ...
+  return _mm512_castsi512_si256(_mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0), r));
+}
+
+inline __m256i reduce_add_8x16(__m512i v0, __m512i v1, __m512i v2, __m512i v3, __m512i v4, __m512i v5, __m512i v6,
+                               __m512i v7) {
+  return reduce_add_8x16([](__m512i a, __m512i b) { return _mm512_add_epi32(a, b); }, v0, v1, v2, v3, v4, v5, v6, v7);
+}
+
+inline __m256 reduce_add_8x16(__m512 v0, __m512 v1, __m512 v2, __m512 v3, __m512 v4, __m512 v5, __m512 v6, __m512 v7) {
+  auto add = [](__m512i a, __m512i b) {
+    return _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(b)));
+  };
+  return _mm256_castsi256_ps(reduce_add_8x16(add, _mm512_castps_si512(v0), _mm512_castps_si512(v1), _mm512_castps_si512(v2),
+                                             _mm512_castps_si512(v3), _mm512_castps_si512(v4), _mm512_castps_si512(v5),
+                                             _mm512_castps_si512(v6), _mm512_castps_si512(v7)));
+}
 #endif  // KBIT_ISA_AVX512
 
 #if defined(KBIT_ISA_AVX2) || defined(KBIT_ISA_AVX512)  // avx512: for kernels that keep the AVX2 form

@@ -48,9 +48,11 @@ namespace {
 
 constexpr int64_t kMinElementsPerThread = 1 << 16;
 constexpr int64_t kSpan = 256;
+// Blocks from this size take per-block tables of output words (avx512 with VBMI, avx2); smaller ones
+// compute each product.
+constexpr int64_t kLutMinBlock = 256;
 
 #if defined(KBIT_ISA_AVX512)
-constexpr int64_t kLutMinBlock = 256;
 
 // The 64 16-bit outputs of the 64 codes at A + i (or the first `count` of them, count < 64) from a
 // block's table of 256 output words split into byte planes: lo_* hold the low bytes of entries 0..127
@@ -127,8 +129,6 @@ void dequantize_blocks(const DequantizeBlockwiseArgs& a, int64_t b0, int64_t b1)
   }
 }
 #elif defined(KBIT_ISA_AVX2)
-constexpr int64_t kLutMinBlock = 256;
-
 inline __m128i load_u32(const uint16_t* p) {
   int32_t v;
   std::memcpy(&v, p, sizeof v);

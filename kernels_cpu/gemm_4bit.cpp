@@ -52,6 +52,13 @@ constexpr int64_t kBf16Kc = 16384;
 
 static inline int64_t bf16_stride(int64_t K) { return (K < kBf16Kc ? K : kBf16Kc) + 32; }
 
+// Rows up to which the avx512 build multiplies straight from the lookup (rows_direct), and whether its
+// bf16 dot-product tiles serve a call (the entry point's choice of build depends on it).
+constexpr int64_t kAvx512DirectMaxM = 3;
+static inline bool bf16_tiles(int32_t dtype, int64_t M, int64_t K) {
+  return dtype == KBIT_CPU_BF16 && M > kAvx512DirectMaxM && K % 32 == 0 && has_avx512_bf16();
+}
+
 static inline int64_t scratch_floats_per_part(int64_t M, int64_t K) {
   const int64_t f32_tile = kTileRows * (K + 16);
   const int64_t bf16_tile = kBf16TileRows * bf16_stride(K) / 2 + M * kBf16TileRows * 16;
@@ -115,7 +122,7 @@ void rows_portable(const Gemm4bitArgs& a, int64_t r0, int64_t r1, int slot) {
 constexpr int kMaxMr = 6;
 // Up to this many activation rows (at most 48 KiB of float32 activations for K = 4096, L1-resident),
 // weights go straight from the lookup into FMAs (rows_direct); more rows re-read them from L2.
-constexpr int64_t kDirectMaxM = 3;
+constexpr int64_t kDirectMaxM = kAvx512DirectMaxM;
 
 // Activation rows de-interleaved per chunk (16 even, 16 odd elements), float32.
 void fill_activations(const Gemm4bitArgs& a) {
@@ -242,23 +249,6 @@ KBIT_TARGET_AVX512_BF16 KBIT_TARGET_AVX512_VBMI void dequantize_tile_bf16_vbmi(c
       }
     }
   }
-}
-
-// Sums of the 16 lanes of each of v[0..7], in order: lane halves folded pairwise (vshuff32x4), then
-// within 128-bit lanes; about 3 instructions per sum where _mm512_reduce_add_ps takes 8.
-// (Arguments by value: an array reference would keep the caller's accumulators in memory.)
-inline __m512 fold_halves(__m512 a, __m512 b) {  // lanes [a L0+L2, a L1+L3, b L0+L2, b L1+L3]
-  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-}
-
-inline __m256 reduce_add_8x16(__m512 v0, __m512 v1, __m512 v2, __m512 v3, __m512 v4, __m512 v5, __m512 v6, __m512 v7) {
-  const __m512 h0 = fold_halves(v0, v1), h1 = fold_halves(v2, v3), h2 = fold_halves(v4, v5), h3 = fold_halves(v6, v7);
-  // q0: 128-bit lane L holds 4 partial sums of v[L]; q1 of v[4 + L]
-  const __m512 q0 = _mm512_add_ps(_mm512_shuffle_f32x4(h0, h1, 0x88), _mm512_shuffle_f32x4(h0, h1, 0xDD));
-  const __m512 q1 = _mm512_add_ps(_mm512_shuffle_f32x4(h2, h3, 0x88), _mm512_shuffle_f32x4(h2, h3, 0xDD));
-  const __m512 t = _mm512_add_ps(_mm512_unpacklo_ps(q0, q1), _mm512_unpackhi_ps(q0, q1));
-  const __m512 r = _mm512_add_ps(t, _mm512_permute_ps(t, _MM_SHUFFLE(1, 0, 3, 2)));  // lane L: v[L], v[4+L], ...
-  return _mm512_castps512_ps256(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0), r));
 }
 
 // Rows m0.. m0+MR of A against the NR tile rows over columns [k0, k1): partial sums carried in `acc`
@@ -589,7 +579,7 @@ void gemm_4bit(const Gemm4bitArgs& a) {
     });
     return;
   }
-  if (a.K % kChunk == 0 && a.dtype == KBIT_CPU_BF16 && has_avx512_bf16()) {
+  if (bf16_tiles(a.dtype, a.M, a.K)) {
     parallel_for(a.N, kBf16TileRows, min_rows, a.threads, [&](int64_t r0, int64_t r1, int, int slot) { rows_bf16(a, r0, r1, slot); });
     return;
   }
@@ -677,10 +667,10 @@ extern "C" int32_t kbit_cpu_gemm_4bit(const void* A, int32_t dtype, int64_t M, c
     const Gemm4bitArgs args{A, dtype, M, B, N, K, blocksize, scales, quant_type == KBIT_CPU_NF4 ? kNf4 : kFp4,
                             bias, out, act, tiles, part_floats, threads};
     // Where 512-bit operations run as two halves (prefer_avx2_kernels), only the bf16 dot-product
-    // tiles (bf16 activations, more than 3 rows, K % 32 == 0, AVX512-BF16) are faster in the avx512
-    // build; the float32 forms are faster in the avx2 build (Zen 4, 4096x4096: M = 1 0.30 against
-    // 0.48 ms, M = 3 0.75 against 1.46 ms; M = 32 bf16: 2.9 against 6.8 ms the other way).
-    if (dtype == KBIT_CPU_BF16 && M > 3 && K % 32 == 0 && has_avx512_bf16()) {
+    // tiles are faster in the avx512 build; the float32 forms are faster in the avx2 build (Zen 4,
+    // 4096x4096: M = 1 0.30 against 0.48 ms, M = 3 0.75 against 1.46 ms; M = 32 bf16: 2.9 against
+    // 6.8 ms the other way).
+    if (bf16_tiles(dtype, M, K)) {
       KBIT_DISPATCH(gemm_4bit(args));
     } else {
       KBIT_DISPATCH_SPLIT512(gemm_4bit(args));

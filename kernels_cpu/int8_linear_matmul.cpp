@@ -5,6 +5,7 @@
 // avx512 + VNNI: vpdpbusd on (A + 128) as unsigned bytes, corrected by 128 * sum_k B[n, k]; 3 x 8 blocks.
 // avx512 (BW): sign-extend to 16 bits and vpmaddwd. avx2: the same with 256-bit vectors.
 // neon / scalar: portable integer loops.
+#include "convert.h"
 #include "dispatch.h"
 #include "kbit_cpu.h"
 #include "parallel.h"
@@ -46,21 +47,6 @@ inline int32_t dot_scalar(const int8_t* a, const int8_t* b, int64_t K) {
 // this kernel is at ~87% of it.
 constexpr int kVnniMr = 3, kVnniNr = 8;
 constexpr int64_t kVnniKc = 4096;
-
-inline __m512i fold_halves(__m512i a, __m512i b) {  // lanes [a L0+L2, a L1+L3, b L0+L2, b L1+L3]
-  return _mm512_add_epi32(_mm512_shuffle_i32x4(a, b, 0x44), _mm512_shuffle_i32x4(a, b, 0xEE));
-}
-
-// Sums of the 16 lanes of each of v0..v7, in order (wrapping int32 adds).
-inline __m256i reduce_add_8x16(__m512i v0, __m512i v1, __m512i v2, __m512i v3, __m512i v4, __m512i v5, __m512i v6,
-                               __m512i v7) {
-  const __m512i h0 = fold_halves(v0, v1), h1 = fold_halves(v2, v3), h2 = fold_halves(v4, v5), h3 = fold_halves(v6, v7);
-  const __m512i q0 = _mm512_add_epi32(_mm512_shuffle_i32x4(h0, h1, 0x88), _mm512_shuffle_i32x4(h0, h1, 0xDD));
-  const __m512i q1 = _mm512_add_epi32(_mm512_shuffle_i32x4(h2, h3, 0x88), _mm512_shuffle_i32x4(h2, h3, 0xDD));
-  const __m512i t = _mm512_add_epi32(_mm512_unpacklo_epi32(q0, q1), _mm512_unpackhi_epi32(q0, q1));
-  const __m512i r = _mm512_add_epi32(t, _mm512_shuffle_epi32(t, _MM_PERM_BADC));  // lane L: v[L], v[4+L], ...
-  return _mm512_castsi512_si256(_mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0), r));
-}
 
 // Columns [k0, k1) of the products of A rows m0.. m0 + MR with B rows n0.. n0 + NR, added to out
 // (first = k0 == 0: written, less 128 * bsum); int32 sums wrap, so the chunks may be added in any order.
@@ -146,8 +132,9 @@ void columns_vnni(const Int8LinearMatmulArgs& a, int64_t n0, int64_t n1) {
   }
 }
 
+// Without VNNI: sign-extended to 16 bits, vpmaddwd.
 template <int MR, int NR>
-void micro_madd(const Int8LinearMatmulArgs& a, int64_t m0, int64_t n0, const int32_t*) {
+void micro(const Int8LinearMatmulArgs& a, int64_t m0, int64_t n0) {
   __m512i acc[MR][NR];
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_si512();
@@ -163,11 +150,6 @@ void micro_madd(const Int8LinearMatmulArgs& a, int64_t m0, int64_t n0, const int
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < NR; ++r) a.out[(m0 + m) * a.N + n0 + r] = _mm512_reduce_add_epi32(acc[m][r]);
 }
-
-template <int MR, int NR>
-void micro(const Int8LinearMatmulArgs& a, int64_t m0, int64_t n0, const int32_t* bsum) {
-  micro_madd<MR, NR>(a, m0, n0, bsum);
-}
 #elif defined(KBIT_ISA_AVX2)
 inline int32_t hsum8(__m256i v) {
   const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -176,7 +158,7 @@ inline int32_t hsum8(__m256i v) {
 }
 
 template <int MR, int NR>
-void micro(const Int8LinearMatmulArgs& a, int64_t m0, int64_t n0, const int32_t*) {
+void micro(const Int8LinearMatmulArgs& a, int64_t m0, int64_t n0) {
   __m256i acc[MR][NR];
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < NR; ++r) acc[m][r] = _mm256_setzero_si256();
@@ -198,7 +180,7 @@ void micro(const Int8LinearMatmulArgs& a, int64_t m0, int64_t n0, const int32_t*
 }
 #else
 template <int MR, int NR>
-void micro(const Int8LinearMatmulArgs& a, int64_t m0, int64_t n0, const int32_t*) {
+void micro(const Int8LinearMatmulArgs& a, int64_t m0, int64_t n0) {
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < NR; ++r)
       a.out[(m0 + m) * a.N + n0 + r] = dot_scalar(a.A + (m0 + m) * a.K, a.B + (n0 + r) * a.K, a.K);
@@ -206,26 +188,25 @@ void micro(const Int8LinearMatmulArgs& a, int64_t m0, int64_t n0, const int32_t*
 #endif
 
 template <int NR>
-void column_block(const Int8LinearMatmulArgs& a, int64_t n0, const int32_t* bsum) {
+void column_block(const Int8LinearMatmulArgs& a, int64_t n0) {
   int64_t m = 0;
-  for (; m + kBlock <= a.M; m += kBlock) micro<kBlock, NR>(a, m, n0, bsum);
+  for (; m + kBlock <= a.M; m += kBlock) micro<kBlock, NR>(a, m, n0);
   switch (a.M - m) {
-    case 3: micro<3, NR>(a, m, n0, bsum); break;
-    case 2: micro<2, NR>(a, m, n0, bsum); break;
-    case 1: micro<1, NR>(a, m, n0, bsum); break;
+    case 3: micro<3, NR>(a, m, n0); break;
+    case 2: micro<2, NR>(a, m, n0); break;
+    case 1: micro<1, NR>(a, m, n0); break;
     default: break;
   }
 }
 
 void columns(const Int8LinearMatmulArgs& a, int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; n += kBlock) {
-    const int32_t* bsum = nullptr;  // the VNNI correction (columns_vnni) only
     const int64_t nr = n1 - n < kBlock ? n1 - n : kBlock;
     switch (nr) {
-      case 4: column_block<4>(a, n, bsum); break;
-      case 3: column_block<3>(a, n, bsum); break;
-      case 2: column_block<2>(a, n, bsum); break;
-      default: column_block<1>(a, n, bsum); break;
+      case 4: column_block<4>(a, n); break;
+      case 3: column_block<3>(a, n); break;
+      case 2: column_block<2>(a, n); break;
+      default: column_block<1>(a, n); break;
     }
   }
 }
